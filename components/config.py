@@ -1,0 +1,470 @@
+"""The stack configuration: one typed model for every key under ``cvmfs-ephemeral:`` in a stack file.
+
+Why a model rather than scattered ``pulumi.Config().get`` calls: a typo or a bad value must stop
+``pulumi preview`` before any resource is planned, with one message that names the key the user
+has to fix (``cvmfs-ephemeral:repositories[0].ttlS``), instead of a half-deployed stack or a
+container that crash-loops on a setting the runtime rejects.
+
+Keys are camelCase, as is usual in Pulumi stack files. Structured values (lists, objects) are
+written as YAML in the stack file; Pulumi hands them to the program as JSON text.
+
+Secrets (upload tokens, the maintenance token, imported keys) must be set with
+``pulumi config set --secret``: the loader refuses them in plain text so that they are never
+committed readable in a stack file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal, Optional
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .schedule import parse_cron
+
+#: The project name in Pulumi.yaml, hence the config namespace.
+NAMESPACE = "cvmfs-ephemeral"
+
+#: Same rule as the runtime (FORMAT.md "Conventions"): at least two dot-separated DNS-like
+#: labels. Duplicated on purpose: components deploy the runtime, they never import it.
+FQRN_RE = re.compile(r"^(?=.{3,253}$)[a-z0-9]([a-z0-9_-]{0,62})(\.[a-z0-9]([a-z0-9_-]{0,62}))+$")
+#: Kubernetes object names and Docker resource prefixes: a DNS-1123 label, short enough that
+#: suffixes such as ``-maintenance-secrets`` still fit in 63 characters.
+NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
+QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
+IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*[a-z0-9]$", re.IGNORECASE)
+
+#: Keys whose values are credentials: rejected unless set as Pulumi secrets.
+SECRET_KEYS = ("tokens", "maintenanceToken", "importedKeys")
+
+
+class ConfigError(pulumi.RunError):
+    """Bad stack configuration. A ``RunError`` so Pulumi prints the message without a traceback."""
+
+
+class _Model(BaseModel):
+    """Base of every config section: camelCase keys, unknown keys rejected, values frozen."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+def _url(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    if not URL_RE.match(value):
+        raise ValueError(f"{value!r} is not an http(s) URL such as 'http://cvmfs.example.org:8000'")
+    return value.rstrip("/")
+
+
+class RepositorySpec(_Model):
+    """One CVMFS repository; the fields the runtime reads from ``CVMFS_EPHEMERAL_REPOSITORIES``."""
+
+    fqrn: str
+    ttl_s: int = Field(60, gt=0, description="catalog TTL: how often clients re-check")
+    compression: Literal["none", "zlib"] = "none"
+    chunk_size: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    volatile: bool = True
+    garbage_collectable: bool = True
+
+    @field_validator("fqrn")
+    @classmethod
+    def _fqrn(cls, value: str) -> str:
+        if not FQRN_RE.match(value):
+            raise ValueError(
+                f"invalid repository name {value!r}: expected a lowercase dotted name such as "
+                "'ci.example.org' (at least one dot)"
+            )
+        return value
+
+    def runtime_json(self) -> dict[str, Any]:
+        """The object the runtime expects in ``CVMFS_EPHEMERAL_REPOSITORIES`` (snake_case keys)."""
+        return self.model_dump(by_alias=False)
+
+
+class ImageSpec(_Model):
+    """Which runtime image the containers run: built from the repo's Dockerfile, or prebuilt."""
+
+    #: Full reference of a prebuilt image (``registry.example.org/cvmfs-ephemeral:1.2``). When set,
+    #: nothing is built.
+    name: Optional[str] = None
+    #: Repository part of the built image's reference; the tag is the build context's content hash.
+    repository: str = "cvmfs-ephemeral"
+    #: Base image (build argument ``BASE_IMAGE``); ``scripts/make-base-image.sh`` makes the default.
+    base_image: str = "cvmfs-ephemeral-base:bookworm"
+    #: Push the built image to ``repository``'s registry (needed when the cluster's nodes do not
+    #: share the Docker engine that builds it). Credentials come from the engine's docker login.
+    push: bool = False
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+
+    @field_validator("name", "repository", "base_image")
+    @classmethod
+    def _ref(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not IMAGE_RE.match(value):
+            raise ValueError(f"{value!r} is not an image reference")
+        return value
+
+
+class PortsSpec(_Model):
+    """Published (Docker) or Service (Kubernetes) ports; container ports are fixed by the image."""
+
+    stratum0: int = Field(8000, ge=1, le=65535)
+    upload: int = Field(8080, ge=1, le=65535)
+    gateway: int = Field(4929, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "PortsSpec":
+        if len({self.stratum0, self.upload, self.gateway}) != 3:
+            raise ValueError("stratum0, upload and gateway ports must differ")
+        return self
+
+
+class ResourceSpec(_Model):
+    """Compute requests and limits for one container, as Kubernetes quantities."""
+
+    cpu_request: str = "50m"
+    cpu_limit: Optional[str] = None
+    memory_request: str = "64Mi"
+    memory_limit: str = "512Mi"
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+    @classmethod
+    def _quantity(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not QUANTITY_RE.match(value):
+            raise ValueError(f"{value!r} is not a quantity such as '250m', '512Mi' or '2'")
+        return value
+
+    def memory_limit_bytes(self) -> int:
+        """The memory limit in bytes (Docker takes a number, not a quantity)."""
+        return quantity_bytes(self.memory_limit)
+
+
+def quantity_bytes(quantity: str) -> int:
+    """Bytes in a Kubernetes memory quantity (``512Mi`` → 536870912)."""
+    match = re.match(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$", quantity)
+    if not match:
+        raise ValueError(f"bad quantity {quantity!r}")
+    factors = {
+        "": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    }
+    return int(float(match.group(1)) * factors[match.group(2)])
+
+
+class ResourcesSpec(_Model):
+    """Per-role compute resources."""
+
+    upload: ResourceSpec = ResourceSpec(cpu_request="100m", memory_limit="1Gi")
+    stratum0: ResourceSpec = ResourceSpec(memory_limit="128Mi")
+    gateway: ResourceSpec = ResourceSpec(memory_limit="256Mi")
+    maintenance: ResourceSpec = ResourceSpec(memory_limit="256Mi")
+
+
+class SchedulesSpec(_Model):
+    """When maintenance runs (cron). Defaults: clean every minute, gc hourly, resign daily."""
+
+    clean: str = "* * * * *"
+    gc: str = "17 * * * *"
+    resign: str = "43 3 * * *"
+
+    @field_validator("clean", "gc", "resign")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        parse_cron(value)
+        return value
+
+    def interval_s(self, job: Literal["clean", "gc", "resign"]) -> int:
+        """Seconds between runs of ``job`` for the Docker scheduler (average of the cron)."""
+        return parse_cron(getattr(self, job)).average_interval_s()
+
+
+class StorageSpec(_Model):
+    """Where the repository data lives.
+
+    ``persistent``: a Docker named volume / a PersistentVolumeClaim. ``ephemeral``: a tmpfs volume /
+    an emptyDir, lost with the container or pod; fine for CI artifacts, since the runtime's
+    revision rule never goes backwards on an empty data directory.
+    """
+
+    kind: Literal["persistent", "ephemeral"] = "persistent"
+    size: str = "10Gi"
+    storage_class: Optional[str] = None
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not QUANTITY_RE.match(value):
+            raise ValueError(f"{value!r} is not a size such as '10Gi'")
+        return value
+
+
+class TokenSpec(_Model):
+    """One upload token; ``repository`` restricts it to one repository."""
+
+    token: str = Field(min_length=16)
+    repository: Optional[str] = None
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if any(c.isspace() for c in value):
+            raise ValueError("a token must not contain whitespace")
+        return value
+
+
+class ImportedKeySpec(_Model):
+    """Keys of an existing repository (PEM), instead of generating new ones."""
+
+    master_key: str
+    repository_key: str
+    certificate: str
+
+    @field_validator("master_key", "repository_key")
+    @classmethod
+    def _private(cls, value: str) -> str:
+        if "PRIVATE KEY-----" not in value:
+            raise ValueError("expected a PEM private key ('-----BEGIN ... PRIVATE KEY-----')")
+        return value
+
+    @field_validator("certificate")
+    @classmethod
+    def _cert(cls, value: str) -> str:
+        if "-----BEGIN CERTIFICATE-----" not in value:
+            raise ValueError("expected a PEM certificate ('-----BEGIN CERTIFICATE-----')")
+        return value
+
+
+class LimitsSpec(_Model):
+    """Upload limits enforced by the upload service."""
+
+    max_artifact_bytes: int = Field(4 * 1024**3, gt=0)
+    default_ttl_s: int = Field(7200, gt=0)
+    max_ttl_s: int = Field(30 * 24 * 3600, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "LimitsSpec":
+        if self.default_ttl_s > self.max_ttl_s:
+            raise ValueError("defaultTtlS must not exceed maxTtlS")
+        return self
+
+
+class SigningSpec(_Model):
+    """Whitelist lifetime and garbage-collection grace."""
+
+    whitelist_validity_days: int = Field(30, ge=1, le=365)
+    resign_below_days: int = Field(20, ge=0)
+    gc_grace_s: Optional[int] = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "SigningSpec":
+        if self.resign_below_days >= self.whitelist_validity_days:
+            raise ValueError("resignBelowDays must be less than whitelistValidityDays")
+        return self
+
+
+class DockerSpec(_Model):
+    """Docker target options."""
+
+    #: Host address the published ports bind to; ``0.0.0.0`` to serve other machines.
+    bind_address: str = "127.0.0.1"
+    restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+
+
+class IngressSpec(_Model):
+    """An optional Ingress in front of stratum 0, the gateway and the upload API."""
+
+    host: str
+    class_name: Optional[str] = None
+    tls_secret_name: Optional[str] = None
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not HOST_RE.match(value):
+            raise ValueError(f"{value!r} is not a DNS host name")
+        return value
+
+
+class KubernetesSpec(_Model):
+    """Kubernetes target options."""
+
+    namespace: Optional[str] = None
+    create_namespace: bool = True
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    ingress: Optional[IngressSpec] = None
+    image_pull_secrets: list[str] = Field(default_factory=list)
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", value):
+            raise ValueError(f"{value!r} is not a namespace name (DNS-1123 label)")
+        return value
+
+
+class VerifySpec(_Model):
+    """The post-deploy check: fetch and verify each repository's signed files after ``pulumi up``."""
+
+    enabled: bool = True
+    #: Base of the stratum-0 URLs as seen from the machine running ``pulumi up`` (``…/cvmfs``).
+    #: Default: the Docker target's published port on 127.0.0.1, or ``publicUrl`` + ``/cvmfs``.
+    url: Optional[str] = None
+    timeout_s: int = Field(120, ge=1, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: Optional[str]) -> Optional[str]:
+        return _url(value)
+
+
+class StackConfig(_Model):
+    """Everything one stack deploys."""
+
+    target: Literal["docker", "kubernetes"]
+    name: str = "cvmfs-ephemeral"
+    repositories: list[RepositorySpec] = Field(min_length=1)
+    #: Base URL clients use for stratum 0 (``http://cvmfs.example.org:8000``); default per target.
+    public_url: Optional[str] = None
+    #: Base URL of the notification gateway for clients (``http://cvmfs.example.org:4929``).
+    notification_url: Optional[str] = None
+    #: Base URL of the upload API for CI (``https://cvmfs.example.org``).
+    upload_url: Optional[str] = None
+    image: ImageSpec = ImageSpec()
+    ports: PortsSpec = PortsSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    schedules: SchedulesSpec = SchedulesSpec()
+    storage: StorageSpec = StorageSpec()
+    tokens: list[TokenSpec] = Field(default_factory=list)
+    maintenance_token: Optional[str] = Field(None, min_length=16)
+    imported_keys: dict[str, ImportedKeySpec] = Field(default_factory=dict)
+    limits: LimitsSpec = LimitsSpec()
+    signing: SigningSpec = SigningSpec()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    docker: DockerSpec = DockerSpec()
+    kubernetes: KubernetesSpec = KubernetesSpec()
+    verify: VerifySpec = VerifySpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid name: lowercase letters, digits and '-', "
+                "starting with a letter, at most 40 characters"
+            )
+        return value
+
+    @field_validator("public_url", "notification_url", "upload_url")
+    @classmethod
+    def _urls(cls, value: Optional[str]) -> Optional[str]:
+        return _url(value)
+
+    @model_validator(mode="after")
+    def _cross(self) -> "StackConfig":
+        names = [r.fqrn for r in self.repositories]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"repository configured twice: {', '.join(dupes)}")
+        for fqrn in self.imported_keys:
+            if fqrn not in names:
+                raise ValueError(f"importedKeys names {fqrn!r}, which is not in repositories")
+        for i, token in enumerate(self.tokens):
+            if token.repository is not None and token.repository not in names:
+                raise ValueError(
+                    f"tokens[{i}].repository {token.repository!r} is not in repositories"
+                )
+        return self
+
+    @property
+    def namespace(self) -> str:
+        """The Kubernetes namespace (defaults to the deployment name)."""
+        return self.kubernetes.namespace or self.name
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(
+            ("function-", "literal[", "nullable")
+        ):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _format(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = _loc(tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{NAMESPACE}:{key}: {msg}" if key else f"{NAMESPACE}: {msg}")
+    return "invalid stack configuration: " + "; ".join(lines)
+
+
+def _decode(raw: Any) -> Any:
+    """Pulumi passes structured config as JSON text and scalars as plain text."""
+    if isinstance(raw, str) and raw.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def parse_stack_config(raw: dict[str, Any], secret_keys: set[str] = frozenset()) -> StackConfig:
+    """Validate ``raw`` (top-level key → raw value, without the namespace) into a StackConfig.
+
+    ``secret_keys`` names the top-level keys that were set as secrets; credentials outside it are
+    refused. Raises ``ConfigError`` with every problem, each naming its full key.
+    """
+    known = {field.alias or name for name, field in StackConfig.model_fields.items()}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            "invalid stack configuration: "
+            + "; ".join(f"{NAMESPACE}:{k}: unknown key" for k in unknown)
+            + f" (known keys: {', '.join(sorted(known))})"
+        )
+    plain = [k for k in SECRET_KEYS if k in raw and k not in secret_keys]
+    if plain:
+        raise ConfigError(
+            "invalid stack configuration: "
+            + "; ".join(
+                f"{NAMESPACE}:{k}: holds credentials, so it must be set as a secret "
+                "(pulumi config set --secret ...); plain-text values are refused"
+                for k in plain
+            )
+        )
+    try:
+        return StackConfig.model_validate({k: _decode(v) for k, v in raw.items()})
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from None
+
+
+def load_stack_config() -> StackConfig:
+    """Read and validate this stack's ``cvmfs-ephemeral:*`` configuration."""
+    from pulumi.runtime import config as rc
+
+    prefix = NAMESPACE + ":"
+    names = set(rc.CONFIG.get()) | set(rc.get_config_env())
+    secret_full = set(rc.get_config_secret_keys_env())
+    raw: dict[str, Any] = {}
+    secret: set[str] = set()
+    for full in sorted(n for n in names if n.startswith(prefix)):
+        key = full[len(prefix):]
+        raw[key] = rc.get_config(full)
+        if rc.is_config_secret(full) or full in secret_full:
+            secret.add(key)
+    return parse_stack_config(raw, secret)

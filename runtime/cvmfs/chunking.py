@@ -1,0 +1,193 @@
+"""Streaming ingestion of file content: fixed-size chunks, hashed and compressed in parallel.
+
+A file is fed to a :class:`FileWriter` in pieces of any size. Whenever more than
+``chunk_size`` bytes are buffered, the first ``chunk_size`` bytes become a chunk and are handed
+to a thread pool that compresses (zlib, if enabled), hashes and stores it; ``zlib`` and
+``hashlib`` release the GIL, so chunks of one file use every core. Memory is bounded by
+``chunk_size × (max_inflight + 1)`` whatever the file size.
+
+A file that ends before its first cut is stored whole (no suffix, catalog ``hash`` set); a
+longer one is stored as chunks (suffix ``P``, catalog ``hash`` NULL, ``chunks`` rows). Because a
+cut only happens once *more* data than a chunk is buffered, a file never becomes a single chunk,
+which cvmfs never writes either (FORMAT.md §7). Fixed-size boundaries are opaque to clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterable
+
+from .objects import FILE, PARTIAL, ObjectStore, StoredObject
+
+#: Pieces read from file objects; large enough to amortise syscalls, small enough to stream.
+READ_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Chunk:
+    offset: int
+    size: int
+    digest: bytes  # raw 20-byte SHA-1 of the stored (possibly compressed) chunk
+
+
+@dataclass
+class FileContent:
+    """What a catalog row needs to describe stored file content."""
+
+    size: int
+    compressed: bool
+    digest: bytes | None = None  # whole-file object, or None when chunked
+    chunks: list[Chunk] = field(default_factory=list)
+    objects: list[StoredObject] = field(default_factory=list)
+
+    @property
+    def chunked(self) -> bool:
+        return bool(self.chunks)
+
+
+class Ingester:
+    """A shared thread pool that stores file content into one object store."""
+
+    def __init__(self, store: ObjectStore, *, compressed: bool, chunk_size: int,
+                 workers: int | None = None, max_inflight: int | None = None):
+        self.store = store
+        self.compressed = compressed
+        self.chunk_size = chunk_size
+        self.workers = workers or max(2, os.cpu_count() or 2)
+        self.max_inflight = max_inflight or self.workers + 2
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ingest")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def submit(self, data: bytes, suffix: str) -> Future:
+        """Store one object asynchronously (compress if configured, hash, write)."""
+        return self._pool.submit(self.store.put_content, data, suffix, self.compressed)
+
+    def open(self) -> "FileWriter":
+        return FileWriter(self)
+
+    def ingest(self, source: bytes | BinaryIO | Iterable[bytes]) -> FileContent:
+        """Store a whole file from bytes, a binary file object or an iterable of byte pieces."""
+        writer = self.open()
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                writer.write(bytes(source))
+            elif hasattr(source, "read"):
+                while True:
+                    block = source.read(READ_BLOCK)  # type: ignore[union-attr]
+                    if not block:
+                        break
+                    writer.write(block)
+            else:
+                for piece in source:  # type: ignore[union-attr]
+                    writer.write(piece)
+            return writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def ingest_small(self, data: bytes) -> Future:
+        """Store a file known to fit one object, without a writer: used for many small files."""
+        if len(data) > self.chunk_size:
+            raise ValueError("ingest_small takes at most one chunk")
+        fut: Future = Future()
+
+        def done(inner: Future) -> None:
+            try:
+                obj = inner.result()
+            except BaseException as exc:  # noqa: BLE001 - forwarded to the waiter
+                fut.set_exception(exc)
+                return
+            fut.set_result(FileContent(len(data), self.compressed, obj.digest, [], [obj]))
+
+        self.submit(data, FILE).add_done_callback(done)
+        return fut
+
+
+class FileWriter:
+    """Push-style writer for one file; see the module docstring for the chunking rule."""
+
+    def __init__(self, ingester: Ingester):
+        self._ing = ingester
+        self._buf = bytearray()
+        self._offset = 0
+        self._pending: list[tuple[int, int, Future]] = []
+        self._inflight = threading.Semaphore(ingester.max_inflight)
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self._offset + len(self._buf)
+
+    def _cut(self) -> Future:
+        size = self._ing.chunk_size
+        data = bytes(self._buf[:size])
+        del self._buf[:size]
+        fut = self._ing.submit(data, PARTIAL)
+        fut.add_done_callback(lambda _f: self._inflight.release())
+        self._pending.append((self._offset, size, fut))
+        self._offset += size
+        return fut
+
+    def _ready_cuts(self) -> int:
+        return max(0, (len(self._buf) - 1) // self._ing.chunk_size)
+
+    def write(self, data: bytes) -> None:
+        """Buffer ``data``; cut and submit full chunks, blocking when too many are in flight."""
+        self._buf += data
+        for _ in range(self._ready_cuts()):
+            self._inflight.acquire()
+            self._cut()
+
+    async def awrite(self, data: bytes) -> None:
+        """Like :meth:`write`, but waits for pool capacity without blocking the event loop."""
+        self._buf += data
+        for _ in range(self._ready_cuts()):
+            while not self._inflight.acquire(blocking=False):
+                await asyncio.sleep(0.002)
+            self._cut()
+
+    def close(self) -> FileContent:
+        """Store the tail and wait for every chunk; return the file's catalog description."""
+        self._closed = True
+        if not self._pending:
+            obj = self._ing.store.put_content(bytes(self._buf), FILE, self._ing.compressed)
+            return FileContent(len(self._buf), self._ing.compressed, obj.digest, [], [obj])
+        if self._buf:
+            self._inflight.acquire()
+            self._cut_tail()
+        chunks, objects = [], []
+        for offset, size, fut in self._pending:
+            obj: StoredObject = fut.result()
+            chunks.append(Chunk(offset, size, obj.digest))
+            objects.append(obj)
+        return FileContent(self._offset, self._ing.compressed, None, chunks, objects)
+
+    async def aclose(self) -> FileContent:
+        """Async variant of :meth:`close` (the tail is stored on the pool, not the loop)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.close)
+
+    def _cut_tail(self) -> None:
+        data = bytes(self._buf)
+        self._buf.clear()
+        fut = self._ing.submit(data, PARTIAL)
+        fut.add_done_callback(lambda _f: self._inflight.release())
+        self._pending.append((self._offset, len(data), fut))
+        self._offset += len(data)
+
+    def abort(self) -> None:
+        """Drop buffered data and wait for in-flight chunks (their objects are left to gc)."""
+        self._closed = True
+        self._buf.clear()
+        for _, _, fut in self._pending:
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001 - nothing to keep from an aborted file
+                pass
+        self._pending.clear()

@@ -1,0 +1,179 @@
+"""Content-addressed object store: ``data/XX/<rest><suffix>`` (FORMAT.md §1.2, §2.2).
+
+An object's name is the SHA-1 of exactly the bytes served, i.e. of the compressed stream for
+zlib objects. Writes go to a unique temp file in ``data/txn/`` and are renamed into place, so a
+reader never sees a partial object under its final name. Individual objects are *not* fsynced:
+a publish calls :meth:`ObjectStore.sync` once (``syncfs``) before the manifest that references
+them is written, which makes thousands of small objects durable for the price of one flush.
+
+Crash safety: a process killed mid-write leaves at most a temp file in ``data/txn/`` (removed
+by gc) or, on a filesystem that reorders data and rename, a final name with short content. The
+latter is caught because an "existing" object is only trusted when its size is the expected one;
+otherwise it is rewritten.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import itertools
+import os
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+#: Object suffixes (cvmfs/crypto/hash.h).
+FILE = ""
+CATALOG = "C"
+PARTIAL = "P"
+HISTORY = "H"
+CERTIFICATE = "X"
+METAINFO = "M"
+SUFFIXES = (FILE, CATALOG, PARTIAL, HISTORY, CERTIFICATE, METAINFO)
+
+HEX_LEN = 40  # SHA-1, the only algorithm this writer emits (flags bits 8-10 = 0)
+
+
+def object_relpath(hex_digest: str, suffix: str = FILE) -> str:
+    """``data/`` + first two hex chars + ``/`` + the rest + suffix."""
+    return f"data/{hex_digest[:2]}/{hex_digest[2:]}{suffix}"
+
+
+def compress(data: bytes) -> bytes:
+    """zlib (RFC 1950) at the default level, byte-identical to what cvmfs_server writes."""
+    return zlib.compress(data, 6)
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object in the store: its hex name, suffix and the number of bytes served."""
+
+    hex: str
+    suffix: str
+    stored_size: int
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.hex)
+
+    @property
+    def relpath(self) -> str:
+        return object_relpath(self.hex, self.suffix)
+
+
+_libc = None
+
+
+def _syncfs(fd: int) -> None:
+    """Flush the filesystem holding ``fd`` (Linux ``syncfs``); fall back to ``os.sync``."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        _libc = ctypes.CDLL(name, use_errno=True) if name else False
+    if _libc and hasattr(_libc, "syncfs"):
+        if _libc.syncfs(fd) == 0:
+            return
+    os.sync()
+
+
+class ObjectStore:
+    """The ``data/`` tree of one repository's served directory."""
+
+    def __init__(self, repo_dir: Path):
+        self.root = Path(repo_dir)
+        self.data = self.root / "data"
+        self.txn = self.data / "txn"
+        self._counter = itertools.count()
+        self._tag = f"{os.getpid()}"
+        self._lock = threading.Lock()
+
+    def create_skeleton(self) -> None:
+        """``data/00`` … ``data/ff`` and ``data/txn`` like cvmfs_server (cvmfs_server_common.sh)."""
+        self.txn.mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            (self.data / f"{i:02x}").mkdir(exist_ok=True)
+
+    def path(self, hex_digest: str, suffix: str = FILE) -> Path:
+        return self.root / object_relpath(hex_digest, suffix)
+
+    def exists(self, hex_digest: str, suffix: str = FILE) -> bool:
+        return self.path(hex_digest, suffix).exists()
+
+    def _tmp_name(self) -> Path:
+        return self.txn / f"{self._tag}.{threading.get_ident()}.{next(self._counter)}"
+
+    def put(self, payload: bytes, suffix: str = FILE) -> StoredObject:
+        """Store ``payload`` (the exact served bytes) under its SHA-1; idempotent.
+
+        An object that already exists with the right size is not rewritten; its mtime is
+        refreshed so that a concurrent gc, which only collects objects older than its own start,
+        cannot remove it between now and the publish that references it.
+        """
+        hex_digest = hashlib.sha1(payload).hexdigest()
+        final = self.path(hex_digest, suffix)
+        try:
+            st = os.stat(final)
+            if st.st_size == len(payload):
+                os.utime(final)
+                return StoredObject(hex_digest, suffix, len(payload))
+        except FileNotFoundError:
+            pass
+        tmp = self._tmp_name()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        try:
+            os.rename(tmp, final)
+        except FileNotFoundError:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, final)
+        return StoredObject(hex_digest, suffix, len(payload))
+
+    def put_content(self, data: bytes, suffix: str, compressed: bool) -> StoredObject:
+        """Compress (zlib) or not, then :meth:`put`."""
+        return self.put(compress(data) if compressed else data, suffix)
+
+    def read(self, hex_digest: str, suffix: str = FILE) -> bytes:
+        return self.path(hex_digest, suffix).read_bytes()
+
+    def read_inflated(self, hex_digest: str, suffix: str = FILE) -> bytes:
+        return zlib.decompress(self.read(hex_digest, suffix))
+
+    def delete(self, hex_digest: str, suffix: str = FILE) -> int:
+        """Remove an object; return the bytes freed (0 if it was already gone)."""
+        path = self.path(hex_digest, suffix)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+            return size
+        except FileNotFoundError:
+            return 0
+
+    def iter_objects(self) -> Iterator[tuple[str, str, os.stat_result]]:
+        """Yield ``(hex, suffix, stat)`` for every object (temp files excluded)."""
+        if not self.data.is_dir():
+            return
+        for bucket in sorted(os.scandir(self.data), key=lambda e: e.name):
+            if len(bucket.name) != 2 or not bucket.is_dir():
+                continue
+            for entry in os.scandir(bucket.path):
+                name = entry.name
+                rest, suffix = (name[:-1], name[-1]) if len(name) == HEX_LEN - 1 else (name, "")
+                if len(rest) != HEX_LEN - 2 or suffix not in SUFFIXES:
+                    continue
+                yield bucket.name + rest, suffix, entry.stat()
+
+    def sync(self) -> None:
+        """Make every object written so far durable (one ``syncfs`` for the whole store)."""
+        fd = os.open(self.data, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,1 @@
+"""The ASGI application: stratum 0, upload API, notification gateway, admin routes, metrics."""

@@ -1,0 +1,113 @@
+"""Shared fixtures: the real cvmfs_server reference repositories, served over loopback HTTP.
+
+``shared/`` sits beside the repository checkout (``/work/main`` and ``/work/shared`` here;
+CI clones with ``shared/`` beside the clone), so it is located relative to this file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.cvmfs_reader import RepoReader
+from tests.httpserve import serve_directory
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE_DIR = SHARED / "cvmfs" / "reference"
+REFERENCE_FQRNS = ("zlib.ref.test", "none.ref.test")
+
+#: The reference whitelists expire 2026-12-28 17:00 UTC (hour granularity); tests of the
+#: fixtures pass this fixed "now" so that they never depend on today's date.
+FIXED_NOW = datetime(2026, 11, 29, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class ReferenceRepo:
+    """One reference repository as served to a test: where it is, its URL and its keys."""
+
+    fqrn: str
+    base_url: str  # http://127.0.0.1:PORT/cvmfs/<fqrn>
+    public_dir: Path  # the served tree (a writable copy for ``reference_copy``)
+    keys_dir: Path
+
+    def key_file(self, ext: str) -> Path:
+        return self.keys_dir / f"{self.fqrn}.{ext}"
+
+    @property
+    def pub_pem(self) -> bytes:
+        """Master public key (what clients trust)."""
+        return self.key_file("pub").read_bytes()
+
+    @property
+    def masterkey_pem(self) -> bytes:
+        """Master private key (signs the whitelist)."""
+        return self.key_file("masterkey").read_bytes()
+
+    @property
+    def cert_key_pem(self) -> bytes:
+        """Repository private key (signs the manifest)."""
+        return self.key_file("key").read_bytes()
+
+    def reader(self, now: datetime = FIXED_NOW) -> RepoReader:
+        """A verified reader at a fixed ``now`` (the fixture whitelists expire 2026-12-28)."""
+        return RepoReader(self.base_url, self.fqrn, self.pub_pem, now=now)
+
+
+def _require_reference() -> None:
+    if not REFERENCE_DIR.is_dir():
+        pytest.fail(f"reference fixtures not found at {REFERENCE_DIR}: shared/ must sit beside "
+                    f"the repository checkout")
+
+
+def _make_writable(root: Path) -> None:
+    """The fixture files are read-only (0444/0555); copies must be editable by the test."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames, "."]:
+            p = Path(dirpath) / name
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+@pytest.fixture(scope="session")
+def reference_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server for the untouched fixtures: ``/cvmfs/<fqrn>`` -> ``<fqrn>/public`` symlinks."""
+    _require_reference()
+    root = tmp_path_factory.mktemp("reference-served")
+    (root / "cvmfs").mkdir()
+    for fqrn in REFERENCE_FQRNS:
+        (root / "cvmfs" / fqrn).symlink_to(REFERENCE_DIR / fqrn / "public",
+                                          target_is_directory=True)
+    with serve_directory(root) as url:
+        yield url
+
+
+@pytest.fixture
+def reference_repo(reference_server: str) -> Callable[[str], ReferenceRepo]:
+    """Factory: ``reference_repo(fqrn)`` -> the untouched fixture, served read-only."""
+    def make(fqrn: str) -> ReferenceRepo:
+        return ReferenceRepo(fqrn, f"{reference_server}/cvmfs/{fqrn}",
+                             REFERENCE_DIR / fqrn / "public", REFERENCE_DIR / fqrn / "keys")
+    return make
+
+
+@pytest.fixture
+def reference_copy(tmp_path: Path) -> Iterator[Callable[[str], ReferenceRepo]]:
+    """Factory: ``reference_copy(fqrn)`` -> a writable copy of the served tree, served on its
+    own port, for tests that tamper with bytes on disk."""
+    _require_reference()
+    with ExitStack() as stack:
+        def make(fqrn: str) -> ReferenceRepo:
+            root = tmp_path / f"served-{fqrn}"
+            public = root / "cvmfs" / fqrn
+            shutil.copytree(REFERENCE_DIR / fqrn / "public", public)
+            _make_writable(root)
+            url = stack.enter_context(serve_directory(root))
+            return ReferenceRepo(fqrn, f"{url}/cvmfs/{fqrn}", public, REFERENCE_DIR / fqrn / "keys")
+        yield make
