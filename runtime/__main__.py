@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .settings import RepositoryConfig, Settings, validate_fqrn
+from .settings import RepositoryConfig, Settings, describe_error, validate_fqrn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="cvmfs-ephemeral: a native CernVM-FS stratum 0 for short-lived artifacts.")
@@ -22,7 +22,11 @@ def _settings(data_dir: Optional[Path], keys_dir: Optional[Path]) -> Settings:
         overrides["data_dir"] = data_dir
     if keys_dir is not None:
         overrides["keys_dir"] = keys_dir
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:
+        _fail(describe_error(exc), 2)
+        raise  # unreachable: _fail exits
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -56,7 +60,7 @@ def init(fqrn: str, data_dir: Optional[Path] = DataDir, keys_dir: Optional[Path]
         try:
             config = RepositoryConfig.model_validate({**config.model_dump(), **updates})
         except ValueError as exc:
-            _fail(str(exc).splitlines()[0], 2)
+            _fail(describe_error(exc), 2)
     repo = Repository(settings.data_dir, settings.keys_dir, config)
     try:
         created = repo.init()
@@ -163,13 +167,28 @@ def serve(host: Optional[str] = typer.Option(None), port: Optional[int] = typer.
     try:
         settings = Settings(**overrides)
     except ValueError as exc:
-        _fail(str(exc).splitlines()[0], 2)
+        _fail(describe_error(exc), 2)
     application = create_app(settings)
+    _print_mount_instructions(settings)
     uvicorn.run(application, host=settings.host, port=settings.port,
                 log_level=settings.log_level, access_log=False)
 
 
+def _print_mount_instructions(settings: Settings) -> None:
+    """Tell the operator how a client mounts each repository this process serves."""
+    from .clientconf import mount_instructions
+
+    if settings.role == "gateway":
+        return
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = settings.public_url or f"http://{host}:{settings.port}"
+    notify = settings.gateway_url or (f"{base}/api/v1" if settings.role == "all" else None)
+    for repo in settings.repositories:
+        typer.echo(mount_instructions(repo.fqrn, base, notify))
+
+
 # Commands of the other areas register themselves here.
+from .maintenance import cli as _maintenance_cli; _maintenance_cli.register(app)  # noqa: E402,E702
 
 
 def main() -> None:

@@ -251,6 +251,8 @@ class Transaction:
         self.expiry: dict[str, float | None] = {}
         self.require_absent: set[str] = set()
         self.refresh_if_identical: set[str] = set()
+        #: set by :meth:`remove_expired`: artifacts expiring at or before it are removed
+        self.expired_before: float | None = None
         self.bytes_staged = 0
         self.closed = False
         self._marker = repo.private_dir / "staging" / self.id
@@ -276,6 +278,16 @@ class Transaction:
         self._record_file(parts, content, mode, self._now() if mtime is None else mtime)
         return content
 
+    def add_content(self, path: str, content: FileContent, *, mode: int = 0o644,
+                    mtime: int | None = None) -> None:
+        """Stage a regular file whose content is already stored (``Ingester.ingest_small``).
+
+        Lets archive unpacking store many small files in parallel and record them afterwards,
+        and lets a hardlink become a second entry sharing the stored content.
+        """
+        self._record_file(split_path(path), content, mode,
+                          self._now() if mtime is None else mtime)
+
     def open_file(self, path: str, *, mode: int = 0o644, mtime: int | None = None) -> StagedFile:
         """Stage a file whose bytes arrive later (``write``/``awrite`` then ``close``/``aclose``)."""
         return StagedFile(self, split_path(path), mode, self._now() if mtime is None else mtime)
@@ -300,6 +312,15 @@ class Transaction:
 
     def set_expiry(self, name: str, expires_at: float | None) -> None:
         self.expiry[validate_artifact_name(name)] = expires_at
+
+    def remove_expired(self, before: float) -> None:
+        """Remove every artifact whose ``expires_at`` is at or before ``before``.
+
+        Decided at commit time under the writer lock (not when staged), so an artifact that was
+        re-uploaded with a new TTL, or deleted, between staging and commit is left alone: the
+        expiry sweep can never remove a live artifact or fail on a vanished one.
+        """
+        self.expired_before = before
 
     def add_tree(self, source: Path, dest: str) -> int:
         """Stage a local directory tree at ``dest``; small files are stored in parallel.
@@ -682,6 +703,21 @@ class Repository:
                 "published_at", "state")
         return [dict(zip(keys, r)) for r in rows]
 
+    def forget_revisions(self, revisions: Iterable[int]) -> int:
+        """Delete revision rows (gc prunes those outside retention); never the newest one.
+
+        One SQLite transaction: a crash leaves all of them or none. Returns the rows deleted.
+        """
+        with contextlib.closing(self._db()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            (newest,) = conn.execute("SELECT MAX(revision) FROM revisions").fetchone()
+            doomed = [(r,) for r in revisions if r != newest]
+            before = conn.total_changes
+            conn.executemany("DELETE FROM revisions WHERE revision=?", doomed)
+            deleted = conn.total_changes - before
+            conn.execute("COMMIT")
+        return deleted
+
     def inflight_since(self) -> float | None:
         """Start time of the oldest transaction still staging in a live process, if any."""
         oldest = None
@@ -789,6 +825,20 @@ class Repository:
             assert op.entry is not None
             tree[path] = op.entry
 
+    @staticmethod
+    def _expired(arts: dict[str, _Artifact], work: dict[str, dict[str, Entry] | None],
+                 expiry: dict[str, float | None], before: float) -> list[str]:
+        """Artifacts present in ``work`` over ``arts`` whose expiry is at or before ``before``."""
+        out = []
+        for name in set(arts) | set(work):
+            if name in work and work[name] is None:
+                continue  # already removed by an earlier transaction of the group
+            exp = expiry[name] if name in expiry else (
+                arts[name].expires_at if name in arts else None)
+            if exp is not None and exp <= before:
+                out.append(name)
+        return out
+
     def _commit(self, transactions: list[Transaction]) -> PublishResult:
         started = time.perf_counter()
         self._recover()
@@ -803,6 +853,9 @@ class Repository:
             for tx in transactions:
                 trial = {k: (dict(v) if v is not None else None) for k, v in work.items()}
                 try:
+                    if tx.expired_before is not None:
+                        for name in self._expired(arts, trial, expiry, tx.expired_before):
+                            trial[name] = None
                     self._apply(tx, arts, trial, now)
                     for name in tx.expiry:
                         present = trial[name] is not None if name in trial else name in arts

@@ -136,3 +136,17 @@ class Settings(BaseSettings):
             if repo.fqrn == fqrn:
                 return repo
         return RepositoryConfig(fqrn=fqrn)
+
+
+def describe_error(exc: Exception) -> str:
+    """One line naming the offending key, for a CLI or HTTP error message."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err.get("loc", ())) or "value"
+            msg = err.get("msg", "invalid").removeprefix("Value error, ")
+            parts.append(f"{key}: {msg}")
+        return "; ".join(parts)
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
