@@ -1,0 +1,1 @@
+"""The Pulumi components that deploy cvmfs-ephemeral (see docs/deploy.md)."""

@@ -32,7 +32,7 @@ NAMESPACE = "cvmfs-ephemeral"
 #: labels. Duplicated on purpose: components deploy the runtime, they never import it.
 FQRN_RE = re.compile(r"^(?=.{3,253}$)[a-z0-9]([a-z0-9_-]{0,62})(\.[a-z0-9]([a-z0-9_-]{0,62}))+$")
 #: Kubernetes object names and Docker resource prefixes: a DNS-1123 label, short enough that
-#: suffixes such as ``-maintenance-secrets`` still fit in 63 characters.
+#: suffixes such as ``-maintenance-files`` still fit in 63 characters.
 NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 URL_RE = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")

@@ -37,6 +37,9 @@ _MACROS = {
 }
 
 
+REFERENCE_DAYS = 364
+
+
 @dataclass(frozen=True)
 class Cron:
     """A parsed cron expression: the set of values each field allows."""
@@ -62,16 +65,18 @@ class Cron:
         return in_days and in_weekdays
 
     def average_interval_s(self) -> int:
-        """Mean seconds between firings over a (fixed, leap) reference year.
+        """Mean seconds between firings over a fixed reference period of 52 weeks.
 
-        A fixed year keeps the result, and so the deployed Docker configuration, deterministic.
+        Whole weeks make weekly schedules exact; a fixed start (a Monday) keeps the result, and
+        so the deployed Docker configuration, deterministic. The window (2024) holds a 29
+        February, so a leap-day schedule is rare, not invalid.
         """
         per_day = len(self.minutes) * len(self.hours)
         start = _dt.date(2024, 1, 1)
-        days = sum(self.fires_on(start + _dt.timedelta(days=i)) for i in range(366))
+        days = sum(self.fires_on(start + _dt.timedelta(days=i)) for i in range(REFERENCE_DAYS))
         if days == 0:
             raise ValueError(f"cron expression {self.expression!r} never fires")
-        return max(60, round(366 * 86400 / (days * per_day)))
+        return max(60, round(REFERENCE_DAYS * 86400 / (days * per_day)))
 
 
 def _value(token: str, names: dict[str, int], low: int, high: int, field: str) -> int:

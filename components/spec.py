@@ -79,4 +79,4 @@ class Endpoint:
     """How a service is reached: from inside the platform, and by clients outside."""
 
     internal_url: str
-    public_url: pulumi.Input[str]
+    public_url: str

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ REFERENCE_FQRNS = ("zlib.ref.test", "none.ref.test")
 
 #: The reference whitelists expire 2026-12-28 17:00 UTC (hour granularity); tests of the
 #: fixtures pass this fixed "now" so that they never depend on today's date.
-FIXED_NOW = datetime(2026, 11, 29, tzinfo=timezone.utc)
+FIXED_NOW = datetime(2026, 11, 29, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -21,19 +21,21 @@ raises a :class:`ReaderError` subclass whose message names the object and the ru
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
 import re
 import sqlite3
+import ssl
 import stat
 import struct
 import tempfile
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -230,7 +232,7 @@ def certificate_fingerprint(cert: x509.Certificate) -> str:
 
 def load_public_keys(pems: bytes | list[bytes]) -> list[rsa.RSAPublicKey]:
     """Load trusted master public keys the way the client does (PEM SubjectPublicKeyInfo only)."""
-    items = [pems] if isinstance(pems, (bytes, bytearray)) else list(pems)
+    items = [pems] if isinstance(pems, bytes | bytearray) else list(pems)
     if not items:
         raise BadPublicKey("no trusted public key given")
     keys = []
@@ -330,7 +332,7 @@ def _parse_stamp(text: str, what: str) -> datetime:
         raise BadWhitelist(f"whitelist {what} {text!r} is not YYYYMMDDHHMMSS digits")
     try:
         return datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]),
-                        tzinfo=timezone.utc)
+                        tzinfo=UTC)
     except ValueError as exc:
         raise BadWhitelist(f"whitelist {what} {text!r} is not a valid date: {exc}") from None
 
@@ -361,10 +363,12 @@ def parse_whitelist(raw: bytes, fqrn: str, keys: list[rsa.RSAPublicKey], now: da
     expires = _parse_stamp(expiry_line[1:], "expiry")
     now_utc = _as_utc(now)
     if not now_utc < expires:
-        raise ExpiredWhitelist(f"whitelist expired: it is valid until {expires:%Y-%m-%d %H}:00 UTC "
-                               f"(hour granularity of {expiry_line}), now is {now_utc:%Y-%m-%d %H:%M:%S} UTC")
+        raise ExpiredWhitelist(
+            f"whitelist expired: it is valid until {expires:%Y-%m-%d %H}:00 UTC (hour "
+            f"granularity of {expiry_line}), now is {now_utc:%Y-%m-%d %H:%M:%S} UTC")
     if name_line != "N" + fqrn:
-        raise BadWhitelist(f"whitelist name mismatch: line 3 is {name_line!r}, expected {'N' + fqrn!r}")
+        raise BadWhitelist(f"whitelist name mismatch: line 3 is {name_line!r}, "
+                           f"expected {'N' + fqrn!r}")
     fingerprints = set()
     for line in lines[3:]:
         if line in ("Vpkcs7", "Wcachain"):
@@ -837,10 +841,11 @@ class RepoReader:
                  now: datetime | None = None, client: httpx.Client | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.fqrn = fqrn
-        self.now = _as_utc(now) if now is not None else datetime.now(timezone.utc)
+        self.now = _as_utc(now) if now is not None else datetime.now(UTC)
         self._keys = load_public_keys(public_key_pem)
         self._own_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=60.0)
+        self._client = client if client is not None else httpx.Client(
+            timeout=60.0, verify=_tls_context())
         self._catalog_cache: dict[str, Catalog] = {}
         self._nodes: list[CatalogNode] | None = None
         self._entries: dict[str, Entry] | None = None
@@ -932,7 +937,7 @@ class RepoReader:
         algo, _ = parse_hash_hex(hash_text, f"object {hash_text}{suffix}", BadCatalog)
         path = object_path(hash_text, suffix)
         url = self.url(path)
-        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
+        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # caller closes it
         hasher = algo.new()
         try:
             with self._client.stream("GET", url) as resp:
@@ -1142,7 +1147,7 @@ class RepoReader:
         with self._sqlite_object(h, "H") as conn:
             cur = conn.execute("SELECT * FROM tags")
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, r)) for r in cur]
+            return [dict(zip(names, r, strict=True)) for r in cur]
 
     def _sqlite_object(self, hash_text: str, suffix: str) -> _TempSqlite:
         db = inflate_exact(self.fetch_object(hash_text, suffix), f"object {hash_text}{suffix}")
@@ -1157,12 +1162,12 @@ class RepoReader:
         HashMismatch / FetchError) from the walk. With ``objects`` every referenced object must
         answer HEAD with 200, as ``check -c`` requires.
         """
-        entries = self.walk()
+        subdirs = _count_subdirectories(self.walk())
         problems: list[str] = []
         nodes = self.nodes()
         by_mount = {n.mountpoint: n for n in nodes}
         for node in nodes:
-            _check_node_rows(node, entries, problems)
+            _check_node_rows(node, subdirs, problems)
             _check_node_chunks(node, problems)
             _check_counters(node, [by_mount[p] for p in node.mounts], problems)
             _check_properties(node, problems)
@@ -1409,13 +1414,19 @@ def _row_problems(row: Row, kind: str) -> list[str]:
     return out
 
 
-def _check_node_rows(node: CatalogNode, entries: dict[str, Entry], problems: list[str]) -> None:
-    """Per-row rules, directory linkcounts (2 + subdirectories) and hardlink groups."""
-    tag = f"catalog {node.hash}C"
+def _count_subdirectories(entries: dict[str, Entry]) -> dict[str, int]:
+    """Directory path -> number of direct subdirectories, across catalogs: a mountpoint's
+    subdirectories live in the nested catalog, yet its row in the parent counts them too."""
     subdirs: dict[str, int] = defaultdict(int)
     for e in entries.values():
         if e.path and e.type == "dir":
             subdirs[parent_path(e.path)] += 1
+    return subdirs
+
+
+def _check_node_rows(node: CatalogNode, subdirs: dict[str, int], problems: list[str]) -> None:
+    """Per-row rules, directory linkcounts (2 + subdirectories) and hardlink groups."""
+    tag = f"catalog {node.hash}C"
     groups: dict[int, list[tuple[str, Row]]] = defaultdict(list)
     for path, row in node.paths.items():
         kind = entry_type(row.mode)
@@ -1425,9 +1436,9 @@ def _check_node_rows(node: CatalogNode, entries: dict[str, Entry], problems: lis
             if row.hardlink_group:
                 problems.append(f"{tag}: {path or '/'}: directory in hardlink group "
                                 f"{row.hardlink_group}")
-            if row.linkcount != 2 + subdirs[path]:
+            if row.linkcount != 2 + subdirs.get(path, 0):
                 problems.append(f"{tag}: {path or '/'}: directory linkcount {row.linkcount} != 2 "
-                                f"+ {subdirs[path]} subdirectories")
+                                f"+ {subdirs.get(path, 0)} subdirectories")
         elif row.hardlink_group:
             groups[row.hardlink_group].append((path, row))
     if not node.mountpoint:
@@ -1585,11 +1596,17 @@ def _check_nested_link(parent: CatalogNode, child: CatalogNode, ref: NestedRef,
 # Small helpers.
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One default TLS context per process: loading the CA store costs ~20 ms per client."""
+    return ssl.create_default_context()
+
+
 def _as_utc(moment: datetime) -> datetime:
     """Naive datetimes are taken as UTC (whitelists are UTC)."""
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def _require_ok(resp: httpx.Response, method: str, url: str) -> None:
@@ -1600,7 +1617,7 @@ def _require_ok(resp: httpx.Response, method: str, url: str) -> None:
                          f"{resp.headers['content-encoding']!r}; clients hash the raw body")
 
 
-def _raw_blocks(blocks: Iterable[bytes]) -> Iterator[bytes]:
+def _raw_blocks(blocks: Iterable[bytes]) -> Generator[bytes, None, int]:
     """Yield stored blocks as they are; return the byte count (generator return value)."""
     total = 0
     for block in blocks:
@@ -1609,7 +1626,7 @@ def _raw_blocks(blocks: Iterable[bytes]) -> Iterator[bytes]:
     return total
 
 
-def _inflate_blocks(blocks: Iterable[bytes], what: str) -> Iterator[bytes]:
+def _inflate_blocks(blocks: Iterable[bytes], what: str) -> Generator[bytes, None, int]:
     """Inflate one zlib stream block by block with bounded output; return the byte count."""
     d = zlib.decompressobj()
     total = 0

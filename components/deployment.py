@@ -1,0 +1,207 @@
+"""Deployment: the whole cvmfs-ephemeral service of one stack, on the configured target.
+
+It wires the concept components in dependency order (image, keys, tokens, shared storage,
+stratum 0, gateway, upload service, maintenance, post-deploy checks) and gathers the stack
+outputs. It holds no platform logic: that is in ``targets/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pulumi
+import pulumi_random as random
+
+from . import contract
+from .client_config import client_config
+from .config import StackConfig
+from .gateway import Gateway, GatewayArgs
+from .image import RuntimeImage, RuntimeImageArgs
+from .keys import RepositoryKeys, RepositoryKeysArgs
+from .maintenance import MaintenanceJobs, MaintenanceJobsArgs
+from .stratum0 import Stratum0, Stratum0Args
+from .targets import Target, make_target
+from .upload_service import UploadService, UploadServiceArgs
+from .verify import PostDeployCheck, PostDeployCheckArgs
+
+TYPE = "cvmfs-ephemeral:index:Deployment"
+
+
+@dataclass(frozen=True)
+class DeploymentArgs:
+    """Inputs of Deployment."""
+
+    config: StackConfig
+    #: Override the target (tests); default: the one ``config.target`` names.
+    target: Optional[Target] = None
+
+
+def tokens_file(admin: str, uploads: list[tuple[str, Optional[str]]]) -> str:
+    """The runtime's tokens file: one token per line, optionally followed by its repository."""
+    lines = [admin] + [f"{token} {repo}" if repo else token for token, repo in uploads]
+    return "\n".join(lines) + "\n"
+
+
+class Deployment(pulumi.ComponentResource):
+    """Stratum 0, gateway, upload service, maintenance and keys of one stack."""
+
+    outputs: dict[str, Any]
+
+    def __init__(
+        self, name: str, args: DeploymentArgs, opts: Optional[pulumi.ResourceOptions] = None
+    ) -> None:
+        super().__init__(TYPE, name, None, opts)
+        config = args.config
+        child = pulumi.ResourceOptions(parent=self)
+        target = args.target or make_target(config)
+
+        image = RuntimeImage(f"{name}-image", RuntimeImageArgs(spec=config.image), opts=child)
+
+        keys = {
+            repo.fqrn: RepositoryKeys(
+                f"{name}-{repo.fqrn}",
+                RepositoryKeysArgs(fqrn=repo.fqrn, imported=config.imported_keys.get(repo.fqrn)),
+                opts=child,
+            )
+            for repo in config.repositories
+        }
+        key_files: dict[str, pulumi.Output[str]] = {}
+        public_files: dict[str, pulumi.Output[str]] = {}
+        for repo_keys in keys.values():
+            key_files.update(repo_keys.key_files())
+            public_files.update(repo_keys.public_files())
+
+        admin_token = self._token(
+            f"{name}-maintenance-token", config.maintenance_token, child
+        )
+        if config.tokens:
+            upload_tokens = [
+                (pulumi.Output.secret(t.token), t.repository) for t in config.tokens
+            ]
+        else:
+            # No token configured: generate one unscoped upload token (a secret stack output).
+            upload_tokens = [(self._token(f"{name}-upload-token", None, child), None)]
+        tokens = pulumi.Output.secret(
+            pulumi.Output.all(admin_token, *(t for t, _ in upload_tokens)).apply(
+                lambda values: tokens_file(
+                    values[0], list(zip(values[1:], (r for _, r in upload_tokens)))
+                )
+            )
+        )
+
+        repositories_json = contract.repositories_json(
+            r.runtime_json() for r in config.repositories
+        )
+
+        target.prepare(self)
+        stratum0 = Stratum0(
+            f"{name}-stratum0",
+            Stratum0Args(target=target, image=image.ref, resources=config.resources.stratum0),
+            opts=child,
+        )
+        gateway = Gateway(
+            f"{name}-gateway",
+            GatewayArgs(
+                target=target,
+                image=image.ref,
+                resources=config.resources.gateway,
+                repositories_json=repositories_json,
+                stratum0_url=f"{stratum0.internal_url}/cvmfs",
+                public_files=public_files,
+                log_level=config.log_level,
+            ),
+            opts=child,
+        )
+        stratum0_public = stratum0.public_url
+        upload = UploadService(
+            f"{name}-upload",
+            UploadServiceArgs(
+                target=target,
+                config=config,
+                image=image.ref,
+                repositories_json=repositories_json,
+                gateway_api_url=f"{gateway.internal_url}/api/v1",
+                public_url=stratum0_public,
+                key_files=key_files,
+                tokens_file=tokens,
+            ),
+            opts=child,
+        )
+        MaintenanceJobs(
+            f"{name}-maintenance",
+            MaintenanceJobsArgs(
+                target=target,
+                image=image.ref,
+                upload_url=upload.internal_url,
+                schedules=config.schedules,
+                token=admin_token,
+                resources=config.resources.maintenance,
+                log_level=config.log_level,
+            ),
+            opts=child,
+        )
+
+        check_url = target.check_url()
+        if config.verify.enabled and check_url is None:
+            pulumi.log.warn(
+                "post-deploy check skipped: stratum 0 is not reachable from here by a known URL; "
+                "set publicUrl, kubernetes.ingress or verify.url",
+                resource=self,
+            )
+        if config.verify.enabled and check_url is not None:
+            ready = list(target.ready())
+            triggers: list[pulumi.Input[object]] = [image.ref]
+            triggers.extend(r.id for r in ready if isinstance(r, pulumi.CustomResource))
+            for fqrn, repo_keys in keys.items():
+                PostDeployCheck(
+                    f"{name}-verify-{fqrn}",
+                    args=PostDeployCheckArgs(
+                        fqrn=fqrn,
+                        url=f"{check_url}/{fqrn}",
+                        public_key_pem=repo_keys.public_key_pem,
+                        timeout_s=config.verify.timeout_s,
+                        depends_on=ready,
+                        triggers=triggers,
+                    ),
+                    opts=child,
+                )
+
+        gateway_api = gateway.api_url
+        self.outputs = {
+            "target": config.target,
+            "image": image.ref,
+            "endpoints": {
+                "stratum0": stratum0.url,
+                "notifications": gateway_api,
+                "upload": upload.url,
+            },
+            "repositories": {
+                fqrn: {
+                    "serverUrl": f"{stratum0_public}/cvmfs/{fqrn}",
+                    "certificateFingerprint": k.certificate_fingerprint,
+                }
+                for fqrn, k in keys.items()
+            },
+            "clientConfigs": {
+                fqrn: gateway_api.apply(
+                    lambda api, fqrn=fqrn: client_config(fqrn, stratum0_public, api)
+                )
+                for fqrn in keys
+            },
+            "publicKeys": {fqrn: k.public_key_pem for fqrn, k in keys.items()},
+            "uploadTokens": pulumi.Output.secret(
+                pulumi.Output.all(*(t for t, _ in upload_tokens))
+            ),
+        }
+        self.register_outputs(self.outputs)
+
+    def _token(
+        self, name: str, configured: Optional[str], opts: pulumi.ResourceOptions
+    ) -> pulumi.Output[str]:
+        """A configured token, or a generated one kept in the stack's state (always secret)."""
+        if configured is not None:
+            return pulumi.Output.secret(configured)
+        generated = random.RandomPassword(name, length=48, special=False, opts=opts)
+        return pulumi.Output.secret(generated.result)
+

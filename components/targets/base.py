@@ -1,0 +1,47 @@
+"""The interface every deployment target offers the concept components.
+
+A target turns platform-neutral specs (``components/spec.py``) into platform resources. The
+concept components call it in dependency order: ``prepare``, then ``stratum0``, ``gateway``,
+``upload``, ``maintenance``. On Kubernetes, nginx runs as a sidecar of the upload pod, so
+``stratum0`` must come before ``upload``; each target documents what it creates.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Protocol, Sequence
+
+import pulumi
+
+from ..spec import ContainerSpec, Endpoint, MaintenanceSpec
+
+ServiceRole = Literal["stratum0", "upload", "gateway"]
+
+
+class Target(Protocol):
+    """A platform that runs the runtime image: Docker or Kubernetes."""
+
+    kind: str
+
+    def internal_url(self, role: ServiceRole) -> str:
+        """Base URL of a service as other containers of the deployment reach it."""
+
+    def prepare(self, parent: pulumi.Resource) -> None:
+        """Shared infrastructure: network or namespace, the repository data storage."""
+
+    def stratum0(self, spec: ContainerSpec, parent: pulumi.Resource) -> Endpoint:
+        """Run nginx serving the data volume read-only."""
+
+    def gateway(self, spec: ContainerSpec, parent: pulumi.Resource) -> Endpoint:
+        """Run the notification gateway, independent of upload-service rollouts."""
+
+    def upload(self, spec: ContainerSpec, parent: pulumi.Resource) -> Endpoint:
+        """Run the upload service with the data volume read-write."""
+
+    def maintenance(self, spec: MaintenanceSpec, parent: pulumi.Resource) -> None:
+        """Run clean, gc and resign on their schedules."""
+
+    def check_url(self) -> Optional[str]:
+        """Base of ``/cvmfs`` as reachable from the machine running ``pulumi up``; None: unknown."""
+
+    def ready(self) -> Sequence[pulumi.Resource]:
+        """Resources that must exist before the post-deploy check can succeed."""

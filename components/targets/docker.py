@@ -1,0 +1,318 @@
+"""Docker target: one host, one bridge network, one container per role.
+
+What it creates (``<name>`` is the stack's ``name``):
+
+- network ``<name>``; each container joins it under its role as alias (``stratum0``, ``upload``,
+  ``gateway``), which is how the containers find each other;
+- volume ``<name>-data``: the repository data, read-write in ``upload`` and read-only in
+  ``stratum0`` (a local volume, or a tmpfs volume for ``storage.kind: ephemeral``);
+- per container with key or token files, a volume ``<name>-<role>-files`` mounted read-only on
+  ``/etc/cvmfs-ephemeral``. The files get there through a loader container
+  ``<name>-<role>-files`` (created, never started, no network) that receives them as the
+  provider's ``uploads``, owned by the runtime user, mode 0400 (0444 for public keys): the
+  provider copies uploads into the container at ``/``, which Docker refuses for a read-only root
+  filesystem. Secrets never become environment variables, labels or image layers;
+- containers ``<name>-stratum0`` (nginx), ``<name>-gateway``, ``<name>-upload`` and
+  ``<name>-maintenance`` (the runtime's scheduler): user 10001, read-only root filesystem, a tmpfs
+  on /tmp, all capabilities dropped, ``no-new-privileges``, a restart policy, a health check.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_docker as docker
+
+from .. import contract
+from ..config import StackConfig, quantity_bytes
+from ..spec import ContainerSpec, Endpoint, FileSet, MaintenanceSpec
+from .base import ServiceRole
+
+#: Mount options of the per-container /tmp.
+TMPFS_OPTIONS = "rw,noexec,nosuid,nodev,size=64m"
+LABEL_PREFIX = "io.cvmfs-ephemeral"
+
+
+class DockerTarget:
+    """Deploys the specs as Docker containers on the provider's engine."""
+
+    kind = "docker"
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.network: Optional[docker.Network] = None
+        self.data_volume: Optional[docker.Volume] = None
+        self.containers: list[docker.Container] = []
+
+    # -- URLs ---------------------------------------------------------------------------------
+    def internal_url(self, role: ServiceRole) -> str:
+        port = {
+            "stratum0": contract.STRATUM0_PORT,
+            "upload": contract.UPLOAD_PORT,
+            "gateway": contract.GATEWAY_PORT,
+        }[role]
+        return f"http://{role}:{port}"
+
+    def _public_url(self, role: ServiceRole) -> str:
+        configured = {
+            "stratum0": self.config.public_url,
+            "upload": self.config.upload_url,
+            "gateway": self.config.notification_url,
+        }[role]
+        if configured:
+            return configured
+        port = getattr(self.config.ports, role)
+        return f"http://localhost:{port}"
+
+    def check_url(self) -> Optional[str]:
+        if self.config.verify.url:
+            return self.config.verify.url
+        bind = self.config.docker.bind_address
+        host = "127.0.0.1" if bind in ("0.0.0.0", "127.0.0.1", "::") else bind
+        return f"http://{host}:{self.config.ports.stratum0}/cvmfs"
+
+    def ready(self) -> Sequence[pulumi.Resource]:
+        return list(self.containers)
+
+    # -- shared infrastructure ----------------------------------------------------------------
+    def _labels(self, role: str) -> list[docker.ContainerLabelArgs]:
+        return [
+            docker.ContainerLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
+            docker.ContainerLabelArgs(label=f"{LABEL_PREFIX}.role", value=role),
+        ]
+
+    def prepare(self, parent: pulumi.Resource) -> None:
+        opts = pulumi.ResourceOptions(parent=parent)
+        self.network = docker.Network(
+            self.name,
+            name=self.name,
+            driver="bridge",
+            labels=[docker.NetworkLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name)],
+            opts=opts,
+        )
+        storage = self.config.storage
+        driver_opts = None
+        if storage.kind == "ephemeral":
+            # A tmpfs-backed local volume can still be shared between containers.
+            size = quantity_bytes(storage.size)
+            driver_opts = {
+                "type": "tmpfs",
+                "device": "tmpfs",
+                "o": f"size={size},uid={contract.UID},gid={contract.GID},mode=0750",
+            }
+        self.data_volume = docker.Volume(
+            f"{self.name}-data",
+            name=f"{self.name}-data",
+            driver="local",
+            driver_opts=driver_opts,
+            labels=[
+                docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
+                docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.storage", value=storage.kind),
+            ],
+            opts=opts,
+        )
+
+    # -- containers ---------------------------------------------------------------------------
+    def _container(
+        self,
+        role: str,
+        parent: pulumi.Resource,
+        *,
+        image: pulumi.Input[str],
+        command: list[str],
+        env: dict[str, str],
+        port: Optional[int],
+        published: Optional[int],
+        memory_bytes: int,
+        files: list[FileSet],
+        data: Optional[tuple[str, bool]],
+        health_port: Optional[int],
+    ) -> docker.Container:
+        assert self.network is not None and self.data_volume is not None, "prepare() first"
+        volumes: list[docker.ContainerVolumeArgs] = []
+        if data is not None:
+            path, read_only = data
+            volumes.append(
+                docker.ContainerVolumeArgs(
+                    volume_name=self.data_volume.name, container_path=path, read_only=read_only
+                )
+            )
+        depends_on: list[pulumi.Resource] = []
+        labels = self._labels(role)
+        if files:
+            loader = self._files_loader(role, image, files, parent)
+            # The service sees its files read-only; a new loader (changed content) carries a new
+            # id, and the label makes the service container follow it.
+            volumes.append(
+                docker.ContainerVolumeArgs(
+                    volume_name=loader.volume_name, container_path=contract.CONFIG_DIR,
+                    read_only=True,
+                )
+            )
+            labels.append(docker.ContainerLabelArgs(label=f"{LABEL_PREFIX}.files", value=loader.id))
+            depends_on.append(loader.container)
+        if health_port is not None:
+            healthcheck = docker.ContainerHealthcheckArgs(
+                tests=["CMD", *contract.healthcheck_command(health_port)],
+                interval="10s",
+                timeout="5s",
+                retries=3,
+                start_period="20s",
+            )
+        else:
+            healthcheck = docker.ContainerHealthcheckArgs(tests=["NONE"])
+        ports = []
+        if port is not None and published is not None:
+            ports.append(
+                docker.ContainerPortArgs(
+                    internal=port,
+                    external=published,
+                    ip=self.config.docker.bind_address,
+                    protocol="tcp",
+                )
+            )
+        container = docker.Container(
+            f"{self.name}-{role}",
+            name=f"{self.name}-{role}",
+            image=image,
+            command=command,
+            envs=[f"{key}={value}" for key, value in sorted(env.items())],
+            user=f"{contract.UID}:{contract.GID}",
+            read_only=True,
+            tmpfs={contract.TMP_DIR: TMPFS_OPTIONS},
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=["no-new-privileges:true"],
+            privileged=False,
+            restart=self.config.docker.restart,
+            networks_advanced=[
+                docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[role])
+            ],
+            ports=ports,
+            volumes=volumes,
+            healthcheck=healthcheck,
+            memory=max(6, memory_bytes // 2**20),
+            labels=labels,
+            # Wait until the health check passes, so the post-deploy check runs against a ready
+            # service and a crash-looping container fails `pulumi up`.
+            wait=health_port is not None,
+            wait_timeout=120 if health_port is not None else None,
+            must_run=True,
+            opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on),
+        )
+        self.containers.append(container)
+        return container
+
+    def _files_loader(
+        self, role: str, image: pulumi.Input[str], files: list[FileSet], parent: pulumi.Resource
+    ) -> "_Loader":
+        """A never-started container whose only job is to receive the files into a volume.
+
+        The provider copies ``uploads`` into a created container at ``/``, which Docker refuses
+        for a read-only root filesystem. So the files go through this loader (created, never
+        started, no network) into ``<name>-<role>-files``, which the service mounts read-only.
+        """
+        opts = pulumi.ResourceOptions(parent=parent)
+        volume = docker.Volume(
+            f"{self.name}-{role}-files",
+            name=f"{self.name}-{role}-files",
+            driver="local",
+            labels=[
+                docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
+                docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.role", value=role),
+            ],
+            opts=opts,
+        )
+        uploads = []
+        for fileset in files:
+            for filename in sorted(fileset.files):
+                content = fileset.files[filename]
+                uploads.append(
+                    docker.ContainerUploadArgs(
+                        file=f"{fileset.directory}/{filename}",
+                        content=pulumi.Output.secret(content) if fileset.secret else content,
+                        owner=str(contract.UID),
+                        group=str(contract.GID),
+                        permissions="0400" if fileset.secret else "0444",
+                    )
+                )
+        container = docker.Container(
+            f"{self.name}-{role}-files",
+            name=f"{self.name}-{role}-files",
+            image=image,
+            command=["true"],
+            user=f"{contract.UID}:{contract.GID}",
+            network_mode="none",
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=["no-new-privileges:true"],
+            volumes=[
+                docker.ContainerVolumeArgs(
+                    volume_name=volume.name, container_path=contract.CONFIG_DIR, read_only=False
+                )
+            ],
+            uploads=uploads,
+            labels=self._labels(f"{role}-files"),
+            start=False,
+            must_run=False,
+            opts=opts,
+        )
+        return _Loader(container=container, volume_name=volume.name)
+
+    def _service(self, role: ServiceRole, spec: ContainerSpec, parent: pulumi.Resource) -> Endpoint:
+        self._container(
+            role,
+            parent,
+            image=spec.image,
+            command=spec.command,
+            env=spec.env,
+            port=spec.port,
+            published=getattr(self.config.ports, role),
+            memory_bytes=spec.resources.memory_limit_bytes(),
+            files=spec.files,
+            data=(spec.data.path, spec.data.read_only) if spec.data else None,
+            health_port=spec.port if spec.health_path else None,
+        )
+        return Endpoint(internal_url=self.internal_url(role), public_url=self._public_url(role))
+
+    def stratum0(self, spec: ContainerSpec, parent: pulumi.Resource) -> Endpoint:
+        return self._service("stratum0", spec, parent)
+
+    def gateway(self, spec: ContainerSpec, parent: pulumi.Resource) -> Endpoint:
+        return self._service("gateway", spec, parent)
+
+    def upload(self, spec: ContainerSpec, parent: pulumi.Resource) -> Endpoint:
+        return self._service("upload", spec, parent)
+
+    def maintenance(self, spec: MaintenanceSpec, parent: pulumi.Resource) -> None:
+        """The runtime's scheduler in one long-running container, its token in a file."""
+        env = {**spec.env, **spec.scheduler_env, contract.TOKEN_FILE_ENV: contract.TOKEN_FILE}
+        token = FileSet(
+            name="tokens",
+            directory=contract.SECRETS_DIR,
+            files={contract.TOKEN_FILE.rsplit("/", 1)[1]: spec.token},
+            secret=True,
+        )
+        self._container(
+            "maintenance",
+            parent,
+            image=spec.image,
+            command=spec.scheduler_command,
+            env=env,
+            port=None,
+            published=None,
+            memory_bytes=spec.resources.memory_limit_bytes(),
+            files=[token],
+            data=None,
+            health_port=None,
+        )
+
+
+
+class _Loader:
+    """A files loader: its container (for ordering and the id) and its volume's name."""
+
+    def __init__(self, container: docker.Container, volume_name: pulumi.Output[str]) -> None:
+        self.container = container
+        self.volume_name = volume_name
+        self.id = container.id
