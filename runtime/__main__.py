@@ -153,41 +153,34 @@ def verify(url: str = typer.Option(..., help="repository URL, http://host/cvmfs/
                f" (published {dt.datetime.fromtimestamp(m.timestamp, dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC)")
 
 
+#: cvmfs-gateway's port; ``serve --role gateway`` uses it unless a port is configured.
+GATEWAY_PORT = 4929
+
+
 @app.command()
 def serve(host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
           role: Optional[str] = typer.Option(None, help="all | upload | gateway"),
           data_dir: Optional[Path] = DataDir, keys_dir: Optional[Path] = KeysDir) -> None:
     """Run the server (stratum 0, upload API, gateway, scheduler, as the role says)."""
-    import uvicorn
-
-    from .server.app import create_app
+    from .server.app import create_app, make_server
 
     overrides = {k: v for k, v in (("host", host), ("port", port), ("role", role),
                                    ("data_dir", data_dir), ("keys_dir", keys_dir)) if v is not None}
     try:
         settings = Settings(**overrides)
     except ValueError as exc:
-        _fail(describe_error(exc), 2)
+        _fail(str(exc).splitlines()[0], 2)
+    if settings.role == "gateway" and "port" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"port": GATEWAY_PORT})
     application = create_app(settings)
-    _print_mount_instructions(settings)
-    uvicorn.run(application, host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False)
-
-
-def _print_mount_instructions(settings: Settings) -> None:
-    """Tell the operator how a client mounts each repository this process serves."""
-    from .clientconf import mount_instructions
-
-    if settings.role == "gateway":
-        return
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    base = settings.public_url or f"http://{host}:{settings.port}"
-    notify = settings.gateway_url or (f"{base}/api/v1" if settings.role == "all" else None)
-    for repo in settings.repositories:
-        typer.echo(mount_instructions(repo.fqrn, base, notify))
+    make_server(application, host=settings.host, port=settings.port,
+                log_level=settings.log_level).run()
 
 
 # Commands of the other areas register themselves here.
+from .client import upload as _client_upload  # noqa: E402
+
+_client_upload.register(app)
 from .maintenance import cli as _maintenance_cli; _maintenance_cli.register(app)  # noqa: E402,E702
 
 

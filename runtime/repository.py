@@ -250,7 +250,6 @@ class Transaction:
         self.ops: list[_Op] = []
         self.expiry: dict[str, float | None] = {}
         self.require_absent: set[str] = set()
-        self.refresh_if_identical: set[str] = set()
         #: set by :meth:`remove_expired`: artifacts expiring at or before it are removed
         self.expired_before: float | None = None
         self.bytes_staged = 0
@@ -336,8 +335,19 @@ class Transaction:
         self.ops.append(_Op("dir", base, Entry(path=catalog_path(base),
                                                mode=stat.S_IFDIR | (st.st_mode & 0o7777),
                                                mtime=int(st.st_mtime))))
-        pending: list[tuple[list[str], Future, int, int]] = []
+        batches: list[tuple[list[tuple[list[str], int, int]], Future]] = []
+        batch: list[tuple[list[str], int, int]] = []
+        paths: list[str] = []
         count = 1
+
+        def flush() -> None:
+            if batch:
+                batches.append((list(batch), self.repo.ingester.ingest_files(list(paths))))
+                batch.clear()
+                paths.clear()
+            while len(batches) > 2 * self.repo.ingester.workers:
+                self._record_batch(*batches.pop(0))
+
         for parts, path, st in _walk(source, base):
             count += 1
             mode = st.st_mode
@@ -351,25 +361,24 @@ class Transaction:
                     mtime=int(st.st_mtime), symlink=os.readlink(path))))
             elif stat.S_ISREG(mode):
                 if st.st_size <= self.repo.ingester.chunk_size:
-                    with open(path, "rb") as fh:
-                        data = fh.read()
-                    fut = self.repo.ingester.ingest_small(data)
-                    pending.append((parts, fut, mode, int(st.st_mtime)))
-                    if len(pending) >= 512:
-                        self._drain(pending)
+                    batch.append((parts, mode, int(st.st_mtime)))
+                    paths.append(path)
+                    if len(batch) >= 64:
+                        flush()
                 else:
                     with open(path, "rb") as fh:
                         content = self.repo.ingester.ingest(fh)
                     self._record_file(parts, content, mode, int(st.st_mtime))
             else:
                 raise InvalidPath(f"{path}: special files are not supported")
-        self._drain(pending)
+        flush()
+        for item in batches:
+            self._record_batch(*item)
         return count
 
-    def _drain(self, pending: list[tuple[list[str], Future, int, int]]) -> None:
-        for parts, fut, mode, mtime in pending:
-            self._record_file(parts, fut.result(), mode, mtime)
-        pending.clear()
+    def _record_batch(self, batch: list[tuple[list[str], int, int]], fut: Future) -> None:
+        for (parts, mode, mtime), content in zip(batch, fut.result()):
+            self._record_file(parts, content, mode, mtime)
 
     # -- lifecycle -----------------------------------------------------------------------
     def release(self) -> None:

@@ -88,7 +88,8 @@ class ObjectStore:
         self.txn = self.data / "txn"
         self._counter = itertools.count()
         self._tag = f"{os.getpid()}"
-        self._lock = threading.Lock()
+        self._data_str = str(self.data)
+        self._txn_str = str(self.txn)
 
     def create_skeleton(self) -> None:
         """``data/00`` … ``data/ff`` and ``data/txn`` like cvmfs_server (cvmfs_server_common.sh)."""
@@ -102,8 +103,8 @@ class ObjectStore:
     def exists(self, hex_digest: str, suffix: str = FILE) -> bool:
         return self.path(hex_digest, suffix).exists()
 
-    def _tmp_name(self) -> Path:
-        return self.txn / f"{self._tag}.{threading.get_ident()}.{next(self._counter)}"
+    def _tmp_name(self) -> str:
+        return f"{self._txn_str}/{self._tag}.{threading.get_ident()}.{next(self._counter)}"
 
     def put(self, payload: bytes, suffix: str = FILE) -> StoredObject:
         """Store ``payload`` (the exact served bytes) under its SHA-1; idempotent.
@@ -113,7 +114,8 @@ class ObjectStore:
         cannot remove it between now and the publish that references it.
         """
         hex_digest = hashlib.sha1(payload).hexdigest()
-        final = self.path(hex_digest, suffix)
+        # plain strings: this runs once per object, and pathlib costs more than the syscalls
+        final = f"{self._data_str}/{hex_digest[:2]}/{hex_digest[2:]}{suffix}"
         try:
             st = os.stat(final)
             if st.st_size == len(payload):
@@ -136,7 +138,7 @@ class ObjectStore:
         return StoredObject(hex_digest, suffix, len(payload))
 
     @staticmethod
-    def _link_into_place(tmp: Path, final: Path, size: int) -> None:
+    def _link_into_place(tmp: str, final: str, size: int) -> None:
         """Give the complete temp file its final name.
 
         ``link`` rather than ``rename``: on ext4 renaming a freshly written file forces block
@@ -147,7 +149,7 @@ class ObjectStore:
         try:
             os.link(tmp, final)
         except FileNotFoundError:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
             os.link(tmp, final)
         except FileExistsError:
             if os.stat(final).st_size != size:

@@ -4,18 +4,47 @@
 the upload API and the admin routes; ``gateway`` serves the notification API only.
 
 Shared state lives on ``app.state``: ``settings``, ``repositories`` (fqrn -> Repository, created
-at start for every configured repository; roles that write only) and ``authorizer``.
+at start for every configured repository; roles that write only), ``authorizer``, ``metrics``,
+``hub`` (roles that serve the notification API), ``notifier`` (how publishes reach a gateway)
+and ``uploads`` (the upload service).
+
+Every publish notifies automatically: each repository's ``listeners`` get the notifier, which
+hands the new manifest to the in-process hub or, when ``gateway_url`` is set, POSTs it to that
+gateway like ``cvmfs_swissknife notify -p``.
+
+Run it with :func:`make_server` (``serve`` does): its shutdown first ends the notification
+streams with an error, so that subscribers reconnect instead of the server waiting forever for
+endless responses to finish.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import asyncio
+import logging
+import socket
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from ..gateway import routes as gateway_routes
+from ..gateway.hub import Hub
+from ..gateway.notifier import HttpNotifier, LocalNotifier, Notifier
+from ..gateway.source import ManifestSource
 from ..repository import Repository
 from ..settings import Settings
-from . import stratum0
+from . import admin, stratum0, uploads
 from .auth import Authorizer, load_tokens
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: Seconds uploads in flight get to finish when the server is asked to stop.
+GRACEFUL_SHUTDOWN_S = 60
 
 
 def open_repositories(settings: Settings) -> dict[str, Repository]:
@@ -28,18 +57,113 @@ def open_repositories(settings: Settings) -> dict[str, Repository]:
     return repos
 
 
+def _make_notifier(settings: Settings, hub: Hub | None) -> Notifier | None:
+    if settings.gateway_url:
+        return HttpNotifier(settings.gateway_url)
+    if hub is not None:
+        return LocalNotifier(hub)
+    log.warning("role %s without CVMFS_EPHEMERAL_GATEWAY_URL: publishes notify no gateway",
+                settings.role)
+    return None
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON ``{"detail": "<one line>"}``."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail).splitlines()[0] if exc.detail else "error"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        if errs:
+            where = ".".join(str(p) for p in errs[0].get("loc", ()) if p != "query")
+            detail = f"invalid {where}: {errs[0].get('msg', 'invalid value')}"
+        else:
+            detail = "invalid request"
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
 def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(title="cvmfs-ephemeral", docs_url=None, redoc_url=None, openapi_url=None)
+    writes = settings.role in ("all", "upload")
+    repositories = open_repositories(settings) if writes else {}
+    hub = Hub(ManifestSource(settings)) if settings.role in ("all", "gateway") else None
+    notifier = _make_notifier(settings, hub) if writes else None
+    metrics = Metrics(repositories, hub.subscriber_counts if hub is not None else None)
+    authorizer = Authorizer(load_tokens(settings))
+    service = uploads.UploadService(settings, repositories, authorizer, metrics, hub=hub,
+                                    notifier=notifier)
+    if hub is not None:
+        hub.pushed.append(lambda fqrn, _rev: metrics.notifications.labels(fqrn).inc())
+    if notifier is not None:
+        for fqrn, repo in repositories.items():
+            repo.listeners.append(lambda result, fqrn=fqrn: notifier.notify(fqrn, result.manifest))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if hub is not None:
+            hub.loop = asyncio.get_running_loop()
+        try:
+            yield
+        finally:
+            if hub is not None:
+                hub.close()
+            await service.close()
+            if notifier is not None:
+                await asyncio.to_thread(notifier.close)
+            for repo in repositories.values():
+                repo.close()
+
+    app = FastAPI(title="cvmfs-ephemeral", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.settings = settings
-    app.state.authorizer = Authorizer(load_tokens(settings))
-    app.state.repositories = (
-        open_repositories(settings) if settings.role in ("all", "upload") else {}
-    )
+    app.state.authorizer = authorizer
+    app.state.repositories = repositories
+    app.state.hub = hub
+    app.state.notifier = notifier
+    app.state.metrics = metrics
+    app.state.uploads = service
+    _install_error_handlers(app)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok", "role": settings.role})
 
-    if settings.role in ("all", "upload"):
+    app.add_api_route("/metrics", metrics.endpoint, methods=["GET"])
+    if writes:
         app.router.routes.extend(stratum0.routes(settings.data_dir))
+        app.include_router(uploads.router())
+        admin.install(app)  # maintenance routes + embedded scheduler (runtime/server/admin.py)
+    if hub is not None:
+        app.router.routes.extend(gateway_routes.routes(hub))
     return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn, plus: on shutdown, end the notification streams first (with an error)."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub | None):
+        super().__init__(config)
+        self.hub = hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.hub is not None:
+            self.hub.close()
+        await super().shutdown(sockets)
+
+
+def make_server(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> Server:
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on")
+    return Server(config, app.state.hub)
+
+
+__all__ = ["Server", "create_app", "make_server", "open_repositories"]

@@ -1,0 +1,285 @@
+"""Upload service benchmark: every figure printed beside a baseline measured in the same run.
+
+Runs the real server (``python -m runtime serve``, a separate process so that its memory can
+be measured alone) on loopback, against a data directory under ``--dir`` (default: the system
+temp dir; use one on the disk you care about), and measures:
+
+1. one 1 GiB upload (MiB/s) vs writing + fsyncing the same bytes to a file;
+2. a 10,000-file tarball with ``unpack=true`` (files/s) vs extracting it with ``tarfile``;
+3. 8 x 128 MiB concurrent uploads (aggregate MiB/s) vs the single upload;
+4. the server's peak RSS during a 4 GiB upload vs its RSS when idle;
+5. publish -> subscriber latency over 200 publishes (p50/p99) vs an HTTP round trip.
+
+Usage: ``python bench/upload.py [--dir DIR] [--quick]`` (``--quick``: small sizes, a smoke run).
+Big files are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+FQRN = "bench.example.org"
+TOKEN = "bench-token"
+MiB = 1024 * 1024
+BLOCK = MiB
+
+
+def payload(total: int, seed: int) -> "iter[bytes]":
+    """``total`` bytes of incompressible, never-repeating data, 1 MiB at a time, cheaply."""
+    base = bytearray(os.urandom(BLOCK))
+    sent, n = 0, 0
+    while sent < total:
+        size = min(BLOCK, total - sent)
+        base[:16] = seed.to_bytes(8, "little") + n.to_bytes(8, "little")
+        yield bytes(base[:size])
+        sent += size
+        n += 1
+
+
+class Server:
+    def __init__(self, workdir: Path):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ,
+               "CVMFS_EPHEMERAL_DATA_DIR": str(workdir / "data"),
+               "CVMFS_EPHEMERAL_KEYS_DIR": str(workdir / "keys"),
+               "CVMFS_EPHEMERAL_REPOSITORIES": json.dumps([{"fqrn": FQRN, "compression": "none"}]),
+               "CVMFS_EPHEMERAL_TOKENS": TOKEN, "CVMFS_EPHEMERAL_SCHEDULER": "false",
+               "CVMFS_EPHEMERAL_PORT": str(self.port), "CVMFS_EPHEMERAL_LOG_LEVEL": "warning",
+               "CVMFS_EPHEMERAL_MAX_ARTIFACT_BYTES": str(5 * 1024**3)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve"], cwd=ROOT,
+                                     env=env)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("server did not start")
+            time.sleep(0.1)
+
+    def status(self, key: str) -> int:
+        """A ``/proc/<pid>/status`` value in bytes (VmRSS, VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    def reset_peak(self) -> bool:
+        try:
+            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def put(url: str, name: str, size: int, seed: int, **params) -> tuple[float, dict]:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Length": str(size)}
+    started = time.perf_counter()
+    with httpx.Client(timeout=None) as c:
+        r = c.put(f"{url}/repos/{FQRN}/{name}", params=params, headers=headers,
+                  content=payload(size, seed))
+    elapsed = time.perf_counter() - started
+    r.raise_for_status()
+    return elapsed, r.json()
+
+
+def baseline_write(path: Path, size: int) -> float:
+    started = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for block in payload(size, 999):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - started
+    path.unlink()
+    return elapsed
+
+
+def make_tarball(files: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(files):
+            data = (b"file %d " % i) * (1 + i % 60)
+            info = tarfile.TarInfo(f"d{i // 500:03d}/f{i:05d}.txt")
+            info.size = len(data)
+            info.mtime = 1704067200
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def bench_tarball(url: str, workdir: Path, files: int) -> tuple[float, float]:
+    data = make_tarball(files)
+    started = time.perf_counter()
+    r = httpx.put(f"{url}/repos/{FQRN}/tarball", params={"unpack": "true"}, content=data,
+                  headers={"Authorization": f"Bearer {TOKEN}"}, timeout=None)
+    elapsed = time.perf_counter() - started
+    r.raise_for_status()
+    assert r.json()["files"] == files, r.text
+    out = workdir / "extract"
+    started = time.perf_counter()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|") as tar:
+        tar.extractall(out, filter="data")
+    os.sync()
+    base = time.perf_counter() - started
+    shutil.rmtree(out)
+    return files / elapsed, files / base
+
+
+def bench_latency(url: str, count: int) -> tuple[list[float], list[float], list[float]]:
+    """Per publish: request sent -> subscriber has the event; minus the server's own staging
+    and commit time (what is left is HTTP overhead + notification delivery)."""
+    events: dict[int, float] = {}
+    ready = threading.Event()
+    body = json.dumps({"version": 1, "repository": FQRN})
+
+    def listen() -> None:
+        buf = b""
+        with httpx.stream("GET", f"{url}/api/v1/notifications/subscribe", content=body,
+                          timeout=None) as r:
+            for piece in r.iter_raw():
+                now = time.perf_counter()
+                buf += piece
+                while b"\n\n" in buf:
+                    event, buf = buf.split(b"\n\n", 1)
+                    import base64
+                    msg = json.loads(event[6:])
+                    blob = base64.b64decode(msg["manifest"])
+                    rev = int(blob.split(b"\nS", 1)[1].split(b"\n", 1)[0])
+                    events[rev] = now
+                    ready.set()
+                if len(events) > count:
+                    return
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    ready.wait(10)
+    e2e, notify, rtt = [], [], []
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        for i in range(count):
+            s = time.perf_counter()
+            c.get(f"{url}/healthz")
+            rtt.append(time.perf_counter() - s)
+            sent = time.perf_counter()
+            r = c.put(f"{url}/repos/{FQRN}/lat", params={"overwrite": "true"},
+                      content=b"latency %d" % i)
+            r.raise_for_status()
+            info = r.json()
+            deadline = time.monotonic() + 10
+            while info["revision"] not in events and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            got = events[info["revision"]] - sent
+            e2e.append(got)
+            notify.append(max(0.0, got - info["upload_time_s"] - info["publish_time_s"]))
+    return e2e, notify, rtt
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", default=tempfile.gettempdir())
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    q = args.quick
+    single = (64 if q else 1024) * MiB
+    each = (16 if q else 128) * MiB
+    huge = (256 if q else 4096) * MiB
+    files = 1000 if q else 10_000
+    publishes = 20 if q else 200
+    workdir = Path(tempfile.mkdtemp(prefix="bench-upload-", dir=args.dir))
+    server = Server(workdir)
+    try:
+        rows = []
+        base_s = baseline_write(workdir / "baseline.bin", single)
+        up_s, _ = put(server.url, "single", single, 1)
+        single_mibs = single / MiB / up_s
+        rows.append((f"single upload {single // MiB} MiB", f"{single_mibs:8.1f} MiB/s",
+                     f"raw write+fsync {single / MiB / base_s:8.1f} MiB/s",
+                     f"ratio {base_s / up_s:.2f} (target >= 0.8)"))
+
+        rate, base_rate = bench_tarball(server.url, workdir, files)
+        rows.append((f"tarball {files} files, unpack=true", f"{rate:8.0f} files/s",
+                     f"tarfile extract+sync {base_rate:8.0f} files/s",
+                     f"target >= 10000 files/s"))
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: put(server.url, f"conc{i}", each, 100 + i), range(8)))
+        conc_s = time.perf_counter() - started
+        conc_mibs = 8 * each / MiB / conc_s
+        rows.append((f"8 x {each // MiB} MiB concurrent", f"{conc_mibs:8.1f} MiB/s",
+                     f"single upload {single_mibs:8.1f} MiB/s",
+                     f"ratio {conc_mibs / single_mibs:.2f} (target >= 1)"))
+
+        e2e, notify, rtt = bench_latency(server.url, publishes)
+        server.stop()
+        # a fresh server process, so that the peak is that of the big upload alone
+        server = Server(workdir / "rss")
+        idle = server.status("VmRSS")
+        exact = server.reset_peak()
+        peak = [idle]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], server.status("VmRSS"))
+                time.sleep(0.05)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        put(server.url, "huge", huge, 7)
+        stop.set()
+        sampler.join()
+        hwm = server.status("VmHWM") if exact else peak[0]
+        rows.append((f"server peak RSS, {huge // MiB} MiB upload", f"{hwm / MiB:8.1f} MiB",
+                     f"idle RSS {idle / MiB:8.1f} MiB", "target < 256 MiB"))
+        rows.append((f"publish->subscriber, {publishes} publishes",
+                     f"p50 {pct(notify, 50) * 1000:.1f} ms p99 {pct(notify, 99) * 1000:.1f} ms",
+                     f"HTTP round trip p50 {pct(rtt, 50) * 1000:.1f} ms "
+                     f"p99 {pct(rtt, 99) * 1000:.1f} ms",
+                     f"upload->event p50 {pct(e2e, 50) * 1000:.1f} ms "
+                     f"p99 {pct(e2e, 99) * 1000:.1f} ms (target p99 < 100 ms)"))
+        print(f"\nupload benchmark ({os.cpu_count()} CPUs, data in {workdir})")
+        for row in rows:
+            print(f"  {row[0]:40} {row[1]:>24}   vs {row[2]:36} {row[3]}")
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""``upload``: publish a file, a directory or an image archive from a CI job.
+
+The artifact is streamed with ``PUT /repos/<fqrn>/<name>`` (a directory as a tar generated on
+the fly, so nothing is staged on the CI machine's disk), with an exact ``Content-Length`` so
+the server can refuse an oversized artifact before any byte is sent. The token comes from
+``CVMFS_EPHEMERAL_TOKEN`` (never from the command line, where other users could read it).
+
+Connection errors and 5xx answers are retried with exponential backoff (the whole upload is
+sent again; the server keeps nothing of a failed attempt). A 4xx answer is final. The exit
+status is 0 only when the artifact is published; the path and expiry are printed (JSON with
+``--json``). ``--wait-visible`` then polls the public ``.cvmfspublished`` until the stratum 0
+serves that revision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import httpx
+import typer
+
+from .. import tarstream
+
+RETRY_STATUSES = range(500, 600)
+BLOCK = 1024 * 1024
+
+
+class UploadFailed(Exception):
+    """Final failure: message for the user, and the exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _file_body(path: Path, progress: Callable[[int], None]) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(BLOCK)
+            if not block:
+                return
+            progress(len(block))
+            yield block
+
+
+def _dir_body(path: Path, progress: Callable[[int], None]) -> Iterator[bytes]:
+    for piece in tarstream.directory(path):
+        progress(len(piece))
+        yield piece
+
+
+class _Progress:
+    """A rich progress bar on a terminal; nothing otherwise (CI logs stay clean)."""
+
+    def __init__(self, total: int, label: str, enabled: bool):
+        self._bar = None
+        if enabled:
+            from rich.progress import (BarColumn, DownloadColumn, Progress,
+                                       TransferSpeedColumn, TimeRemainingColumn)
+            self._bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                 DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                 transient=True)
+            self._task = self._bar.add_task(label, total=total)
+
+    def __enter__(self) -> "_Progress":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def reset(self) -> None:
+        if self._bar is not None:
+            self._bar.reset(self._task)
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+
+def upload(source: Path, *, url: str, repo: str, name: str | None = None,
+           ttl_s: int | None = None, unpack: bool = False, overwrite: bool = False,
+           token: str = "", retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 600.0,
+           progress: bool = False, log: Callable[[str], None] = lambda _m: None) -> dict:
+    """Upload ``source``; return the server's JSON answer. Raises :class:`UploadFailed`."""
+    source = Path(source)
+    if source.is_dir():
+        body: Callable[[Callable[[int], None]], Iterator[bytes]] = (
+            lambda p: _dir_body(source, p))
+        size = tarstream.directory_size(source)
+        unpack = True
+    elif source.is_file():
+        body = lambda p: _file_body(source, p)  # noqa: E731
+        size = source.stat().st_size
+    else:
+        raise UploadFailed(f"{source}: no such file or directory", 2)
+    name = name or source.resolve().name
+    params: dict[str, str] = {"unpack": str(unpack).lower(), "overwrite": str(overwrite).lower()}
+    if ttl_s is not None:
+        params["ttl_s"] = str(ttl_s)
+    headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    endpoint = f"{url.rstrip('/')}/repos/{repo}/{_quote(name)}"
+    attempt = 0
+    with _Progress(size, name, progress) as bar, httpx.Client(timeout=timeout_s) as client:
+        while True:
+            attempt += 1
+            bar.reset()
+            try:
+                resp = client.put(endpoint, params=params, headers=headers,
+                                  content=body(bar.advance))
+            except httpx.TransportError as exc:
+                reason = f"connection failed: {exc}"
+            else:
+                if resp.status_code == 200:
+                    return resp.json()
+                detail = _detail(resp)
+                if resp.status_code not in RETRY_STATUSES:
+                    raise UploadFailed(f"upload refused ({resp.status_code}): {detail}")
+                reason = f"server error {resp.status_code}: {detail}"
+            if attempt > retries:
+                raise UploadFailed(f"giving up after {attempt} attempts; last: {reason}")
+            delay = backoff_s * 2 ** (attempt - 1)
+            log(f"attempt {attempt} failed ({reason}); retrying in {delay:.0f} s")
+            time.sleep(delay)
+
+
+def _quote(name: str) -> str:
+    from urllib.parse import quote
+    return quote(name, safe="")
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("detail", resp.text))
+    except ValueError:
+        return resp.text.strip()[:200] or resp.reason_phrase
+
+
+def served_revision(manifest_url: str, client: httpx.Client) -> int | None:
+    """Revision ``S`` of the manifest at ``manifest_url`` (unverified: only a progress probe)."""
+    try:
+        resp = client.get(manifest_url, headers={"Cache-Control": "no-cache"})
+    except httpx.TransportError:
+        return None
+    if resp.status_code != 200:
+        return None
+    for line in resp.content.split(b"\n"):
+        if line == b"--":
+            break
+        if line.startswith(b"S"):
+            try:
+                return int(line[1:])
+            except ValueError:
+                return None
+    return None
+
+
+def wait_visible(manifest_url: str, revision: int, *, timeout_s: float = 120.0,
+                 interval_s: float = 0.5) -> int:
+    """Poll until the served revision is at least ``revision``; return it."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=10.0) as client:
+        while True:
+            served = served_revision(manifest_url, client)
+            if served is not None and served >= revision:
+                return served
+            if time.monotonic() >= deadline:
+                raise UploadFailed(f"revision {revision} not visible at {manifest_url} after "
+                                   f"{timeout_s:.0f} s (served: {served})")
+            time.sleep(interval_s)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("upload")
+    def upload_command(
+        source: Path = typer.Argument(..., help="file, directory (sent as tar) or image archive"),
+        url: str = typer.Option(..., "--url", envvar="CVMFS_EPHEMERAL_URL",
+                                help="server base URL, e.g. https://cvmfs.example.org"),
+        repo: str = typer.Option(..., "--repo", help="repository fqrn"),
+        name: Optional[str] = typer.Option(None, "--name", help="artifact name [file name]"),
+        ttl_s: Optional[int] = typer.Option(None, "--ttl-s", help="expire after N seconds"),
+        unpack: bool = typer.Option(False, "--unpack", help="unpack a tar/image archive"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing one"),
+        as_json: bool = typer.Option(False, "--json", help="print the server's JSON answer"),
+        wait: bool = typer.Option(False, "--wait-visible",
+                                  help="wait until the stratum 0 serves the new revision"),
+        public_url: Optional[str] = typer.Option(
+            None, "--public-url", help="stratum-0 URL of the repository for --wait-visible "
+                                       "[<url>/cvmfs/<repo>]"),
+        retries: int = typer.Option(5, "--retries", help="retries on connection/5xx errors"),
+    ) -> None:
+        """Upload an artifact for a CI job (token from CVMFS_EPHEMERAL_TOKEN)."""
+        token = os.environ.get("CVMFS_EPHEMERAL_TOKEN", "")
+        say = lambda m: typer.echo(m, err=True)  # noqa: E731
+        try:
+            result = upload(source, url=url, repo=repo, name=name, ttl_s=ttl_s, unpack=unpack,
+                            overwrite=overwrite, token=token, retries=retries,
+                            progress=sys.stderr.isatty() and not as_json, log=say)
+            if wait:
+                base = public_url or f"{url.rstrip('/')}/cvmfs/{repo}"
+                wait_visible(f"{base.rstrip('/')}/.cvmfspublished", int(result["revision"]))
+        except UploadFailed as exc:
+            say(f"error: {exc}")
+            raise typer.Exit(exc.code)
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            typer.echo(f"{result['path']}  revision {result['revision']}  "
+                       f"expires {result['expires_at']}")

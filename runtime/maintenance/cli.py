@@ -1,0 +1,149 @@
+"""CLI commands: ``clean``, ``gc``, ``resign``, ``housekeeping`` and ``schedule``.
+
+Without ``--url`` a command works on the local data directory (``--data-dir``/``--keys-dir`` or
+``CVMFS_EPHEMERAL_*``): the named repository, or every configured repository plus every one
+found in the data directory. With ``--url`` it calls the admin routes of an upload service with
+the token from ``CVMFS_EPHEMERAL_TOKEN`` (or the file ``CVMFS_EPHEMERAL_TOKEN_FILE``). Output is
+the job's JSON report; the exit status is 1 if any repository failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..settings import Settings, describe_error, validate_fqrn
+
+DataDir = typer.Option(None, "--data-dir", help="data directory [env CVMFS_EPHEMERAL_DATA_DIR]")
+KeysDir = typer.Option(None, "--keys-dir", help="keys directory [env CVMFS_EPHEMERAL_KEYS_DIR]")
+Url = typer.Option(None, "--url", help="call the admin routes of this upload service instead")
+Fqrn = typer.Argument(None, help="repository (default: all)")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(data_dir: Optional[Path], keys_dir: Optional[Path]) -> Settings:
+    overrides = {k: v for k, v in (("data_dir", data_dir), ("keys_dir", keys_dir))
+                 if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:
+        _fail(describe_error(exc), 2)
+        raise  # unreachable: _fail exits
+
+
+def local_repositories(settings: Settings, fqrn: str | None) -> list:
+    """The named repository, or every configured one plus every one found on disk."""
+    from ..repository import Repository
+
+    if fqrn is not None:
+        try:
+            validate_fqrn(fqrn)
+        except ValueError as exc:
+            _fail(str(exc), 2)
+        names = [fqrn]
+    else:
+        names = [r.fqrn for r in settings.repositories]
+        public = settings.data_dir / "public"
+        if public.is_dir():
+            names += sorted(p.name for p in public.iterdir()
+                            if (p / ".cvmfspublished").is_file() and p.name not in names)
+    repos = [Repository(settings.data_dir, settings.keys_dir, settings.repository(n))
+             for n in names]
+    for repo in repos:
+        if not repo.exists():
+            _fail(f"repository {repo.fqrn} does not exist in {settings.data_dir}", 2)
+    return repos
+
+
+def _emit(report: dict) -> None:
+    typer.echo(json.dumps(report, indent=2))
+    if report.get("errors") or "error" in report:
+        raise typer.Exit(1)
+
+
+def _remote(url: str):
+    from .remote import AdminClient, RemoteError, token_from_env
+
+    try:
+        return AdminClient(url, token_from_env())
+    except (RemoteError, OSError) as exc:
+        _fail(str(exc), 2)
+
+
+def _run(job: str, fqrn: Optional[str], url: Optional[str], data_dir: Optional[Path],
+         keys_dir: Optional[Path], force: bool = False) -> None:
+    if url:
+        from .remote import RemoteError
+
+        client = _remote(url)
+        try:
+            if job == "resign":
+                report = client.resign(fqrn, force=force)
+            elif job == "housekeeping":
+                report = client.housekeeping()
+            else:
+                report = getattr(client, job)(fqrn)
+        except RemoteError as exc:
+            _fail(str(exc))
+        _emit(report)
+        return
+    from . import housekeeping as hk
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings(data_dir, keys_dir)
+    repos = local_repositories(settings, fqrn)
+    if job == "housekeeping":
+        _emit(hk.housekeeping(repos, settings))
+    else:
+        _emit(hk.run_all(job, repos, settings, force=force))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the maintenance commands to the ``python -m runtime`` app."""
+
+    @app.command()
+    def clean(fqrn: Optional[str] = Fqrn, url: Optional[str] = Url,
+              data_dir: Optional[Path] = DataDir, keys_dir: Optional[Path] = KeysDir) -> None:
+        """Remove expired artifacts (one new revision per repository)."""
+        _run("clean", fqrn, url, data_dir, keys_dir)
+
+    @app.command()
+    def gc(fqrn: Optional[str] = Fqrn, url: Optional[str] = Url,
+           data_dir: Optional[Path] = DataDir, keys_dir: Optional[Path] = KeysDir) -> None:
+        """Delete objects no retained revision references; report objects and bytes freed."""
+        _run("gc", fqrn, url, data_dir, keys_dir)
+
+    @app.command()
+    def resign(fqrn: Optional[str] = Fqrn, url: Optional[str] = Url,
+               force: bool = typer.Option(False, "--force", help="re-sign even if not due"),
+               data_dir: Optional[Path] = DataDir, keys_dir: Optional[Path] = KeysDir) -> None:
+        """Re-sign the whitelist when fewer than CVMFS_EPHEMERAL_RESIGN_BELOW_DAYS remain."""
+        _run("resign", fqrn, url, data_dir, keys_dir, force)
+
+    @app.command()
+    def housekeeping(url: Optional[str] = Url, data_dir: Optional[Path] = DataDir,
+                     keys_dir: Optional[Path] = KeysDir) -> None:
+        """clean, gc and resign on every repository."""
+        _run("housekeeping", None, url, data_dir, keys_dir)
+
+    @app.command()
+    def schedule(url: str = typer.Option(..., "--url", help="upload service to drive")) -> None:
+        """Run clean, gc and resign on their intervals against an upload service's admin
+        routes (CVMFS_EPHEMERAL_CLEAN_INTERVAL_S, _GC_INTERVAL_S, _RESIGN_INTERVAL_S)."""
+        import asyncio
+
+        from .scheduler import Scheduler, remote_jobs, serve_forever
+
+        settings = _settings(None, None)
+        logging.basicConfig(level=settings.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        scheduler = Scheduler(remote_jobs(settings, _remote(url)))
+        asyncio.run(serve_forever(scheduler))

@@ -1,0 +1,482 @@
+"""The upload API (``/repos/…``), compatible with the seed's routes and parameters.
+
+Write routes need a bearer token; list and download are public. Every error is JSON
+``{"detail": "<one line>"}`` with the status the seed's users expect (see ``_STATUS``).
+
+An upload streams: the body is read with ``request.stream()`` and each piece goes straight to
+the object store (hashed and compressed on the ingest pool); an archive to unpack goes through
+a bounded pipe to a tar reader on a worker thread. Nothing holds a whole upload in memory, and
+uploads run in parallel. Only the commit is serialized, by the repository's
+:class:`~runtime.server.committer.GroupCommitter`; the response comes once the revision that
+holds the artifact is published.
+
+Failure at any point before the commit (bad input, size limit, malformed archive, client
+disconnect, process death) leaves the published repository exactly as it was: the staged
+transaction is aborted and its objects, if any were stored, are unreferenced and reclaimed by
+gc. Once handed to the committer, a transaction is published or refused as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import urllib.parse
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterator
+
+from fastapi import APIRouter, HTTPException, Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.exceptions import MultipartParseError
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .. import tarstream
+from ..cvmfs.catalog import Entry
+from ..cvmfs.objects import FILE, PARTIAL
+from ..gateway.hub import Hub
+from ..gateway.notifier import Notifier
+from ..repository import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInitialized,
+                          PublishResult, Repository, RepositoryError, RepositoryLocked,
+                          Transaction, validate_artifact_name)
+from ..settings import Settings
+from .auth import Authorizer
+from .committer import GroupCommitter
+from .metrics import Metrics
+from .unpack import ArchiveError, ArtifactTooLarge, stage_archive_async
+
+log = logging.getLogger(__name__)
+
+#: After refusing an upload part-way (limit, bad archive), read and discard at most this much
+#: of the rest of the body so the client gets to read the answer (closing a socket with unread
+#: data resets it, and the client would see a broken connection instead of the reason).
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+_STATUS: list[tuple[type[BaseException], int]] = [
+    (ArtifactTooLarge, 413), (ArchiveError, 400), (InvalidPath, 400), (ArtifactExists, 409),
+    (ArtifactNotFound, 404), (NotInitialized, 404), (RepositoryLocked, 503),
+    (RepositoryError, 400),
+]
+
+
+def status_for(exc: BaseException) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail.splitlines()[0] if detail else "error"},
+                        status_code=status)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class UploadService:
+    """What the routes share: configuration, repositories, committers, metrics, notifier."""
+
+    settings: Settings
+    repositories: dict[str, Repository]
+    authorizer: Authorizer
+    metrics: Metrics
+    hub: Hub | None = None
+    notifier: Notifier | None = None
+    committers: dict[str, GroupCommitter] = field(default_factory=dict)
+    unpack_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(16, thread_name_prefix="unpack"))
+
+    def __post_init__(self) -> None:
+        for fqrn, repo in self.repositories.items():
+            committer = GroupCommitter(repo)
+            committer.on_commit = self._observe_commit
+            self.committers[fqrn] = committer
+
+    def _observe_commit(self, fqrn: str, batch: int, result: PublishResult | None) -> None:
+        self.metrics.commit_batch.labels(fqrn).observe(batch)
+        if result is not None and result.new_revision:
+            self.metrics.publish_seconds.labels(fqrn).observe(result.publish_time_s)
+
+    def repository(self, fqrn: str) -> Repository:
+        repo = self.repositories.get(fqrn)
+        if repo is None:
+            raise HTTPException(404, f"repository {fqrn!r} not found")
+        return repo
+
+    def ttl(self, ttl_s: int | None) -> int:
+        ttl = self.settings.default_ttl_s if ttl_s is None else ttl_s
+        if ttl <= 0 or ttl > self.settings.max_ttl_s:
+            raise HTTPException(422, f"ttl_s must be between 1 and {self.settings.max_ttl_s} "
+                                     f"seconds, got {ttl}")
+        return ttl
+
+    async def close(self) -> None:
+        for committer in self.committers.values():
+            await committer.aclose()
+        self.unpack_pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------------
+# request bodies
+
+
+class Counter:
+    """Counts body bytes and enforces the size limit as they arrive."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.total = 0
+
+    def __call__(self, n: int) -> None:
+        self.total += n
+        if self.total > self.limit:
+            raise ArtifactTooLarge(f"artifact larger than the limit of {self.limit} bytes")
+
+
+class MultipartBody:
+    """Streams one field (``file``) out of a ``multipart/form-data`` body, without spooling."""
+
+    def __init__(self, request: Request, field_name: str = "file"):
+        ctype, params = parse_options_header(request.headers.get("content-type", ""))
+        boundary = params.get(b"boundary")
+        if ctype != b"multipart/form-data" or not boundary:
+            raise HTTPException(400, "expected a multipart/form-data body with a 'file' field "
+                                     "(or use PUT /repos/<repo>/<name> with the raw bytes)")
+        self.stream = request.stream()
+        self._field = field_name.encode()
+        self._events: list[tuple[str, object]] = []
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._in_file = False
+        self.filename: str | None = None
+        self._parser = MultipartParser(boundary, {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": lambda d, s, e: self._events.append(("data", bytes(d[s:e]))),
+            "on_part_end": lambda: self._events.append(("end", None)),
+        })
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        self._events.append(("part", dict(self._headers)))
+
+    async def _feed(self) -> bool:
+        """Parse the next piece of the body; False at its end."""
+        try:
+            chunk = await self.stream.__anext__()
+        except StopAsyncIteration:
+            return False
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise ArchiveError(f"malformed multipart body: {exc}") from exc
+        return True
+
+    async def start(self) -> str | None:
+        """Read up to the start of the file field; return its filename."""
+        while True:
+            while self._events:
+                kind, value = self._events.pop(0)
+                if kind == "part":
+                    _disp, params = parse_options_header(
+                        value.get(b"content-disposition", b""))  # type: ignore[union-attr]
+                    if params.get(b"name") == self._field:
+                        raw = params.get(b"filename")
+                        self.filename = raw.decode("utf-8", "replace") if raw else None
+                        self._in_file = True
+                        return self.filename
+            if not await self._feed():
+                raise HTTPException(400, "multipart body has no 'file' field")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The file field's bytes, then the rest of the body is read and ignored."""
+        while self._in_file:
+            while self._events:
+                kind, value = self._events.pop(0)
+                if not self._in_file:
+                    continue
+                if kind == "data":
+                    yield value  # type: ignore[misc]
+                elif kind == "end":
+                    self._in_file = False
+            if self._in_file and not await self._feed():
+                raise ArchiveError("multipart body ended inside the 'file' field")
+        while await self._feed():
+            self._events.clear()
+        self._events.clear()
+
+
+async def _drain(stream: AsyncIterator[bytes], limit: int) -> None:
+    """Read and drop the rest of a body (bounded); see ``DRAIN_LIMIT``."""
+    seen = 0
+    try:
+        async for chunk in stream:
+            seen += len(chunk)
+            if seen > limit:
+                return
+    except (ClientDisconnect, RuntimeError):
+        return
+
+
+# --------------------------------------------------------------------------------------------
+# the upload itself
+
+
+def _declared_length(request: Request) -> int | None:
+    try:
+        return int(request.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+async def _stage_file(tx: Transaction, name: str, chunks: AsyncIterator[bytes],
+                      count: Counter) -> int:
+    staged = tx.open_file(name, mode=0o644)
+    try:
+        async for chunk in chunks:
+            count(len(chunk))
+            if chunk:
+                await staged.awrite(chunk)
+        content = await staged.aclose()
+    except BaseException:
+        staged.abort()
+        raise
+    return content.size
+
+
+async def upload(service: UploadService, request: Request, fqrn: str, name: str | None,
+                 *, multipart: bool, unpack: bool, overwrite: bool,
+                 ttl_s: int | None) -> Response:
+    """One upload, raw (PUT) or multipart (POST): authorize, check, stream, commit, answer."""
+    service.authorizer.check(request, fqrn)
+    repo = service.repository(fqrn)
+    ttl = service.ttl(ttl_s)
+    limit = service.settings.max_artifact_bytes
+    declared = _declared_length(request)
+    slack = 64 * 1024 if multipart else 0  # multipart framing around the file bytes
+    if declared is not None and declared > limit + slack:
+        service.metrics.uploads.labels(fqrn, "too_large").inc()
+        return error(413, f"artifact larger than the limit of {limit} bytes "
+                          f"(Content-Length {declared})")
+    body: MultipartBody | None = None
+    if multipart:
+        body = MultipartBody(request)
+        filename = await body.start()
+        if name is None:
+            name = filename or ""
+        chunks, raw_stream = body.chunks(), body.stream
+    else:
+        chunks = raw_stream = request.stream()
+    assert name is not None
+    try:
+        validate_artifact_name(name)
+        if not overwrite and any(a.name == name for a in repo.artifacts()):
+            raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}; "
+                                 "pass overwrite=true to replace it")
+    except RepositoryError as exc:
+        await _drain(raw_stream, DRAIN_LIMIT)
+        service.metrics.uploads.labels(fqrn, "refused").inc()
+        return error(status_for(exc), str(exc))
+
+    started = time.perf_counter()
+    count = Counter(limit)
+    tx = repo.begin()
+    try:
+        if not overwrite:
+            tx.require_absent.add(name)
+        if unpack:
+            if overwrite and any(a.name == name for a in repo.artifacts()):
+                tx.remove(name)
+            stats = await stage_archive_async(tx, name, chunks, executor=service.unpack_pool,
+                                              max_bytes=limit, on_bytes=count)
+            extra = {"files": stats.files + stats.hardlinks, "image": stats.image}
+        else:
+            await _stage_file(tx, name, chunks, count)
+            extra = {}
+        tx.set_expiry(name, repo.clock() + ttl)
+    except ClientDisconnect:
+        tx.abort()
+        service.metrics.uploads.labels(fqrn, "disconnected").inc()
+        log.info("upload of %s to %s abandoned by the client; nothing published", name, fqrn)
+        return Response(status_code=499)
+    except BaseException as exc:
+        tx.abort()
+        if not isinstance(exc, (RepositoryError, HTTPException)):
+            raise
+        await _drain(raw_stream, DRAIN_LIMIT)
+        service.metrics.uploads.labels(fqrn, "refused").inc()
+        if isinstance(exc, HTTPException):
+            raise
+        return error(status_for(exc), str(exc))
+    upload_time = time.perf_counter() - started
+
+    try:
+        result = await service.committers[fqrn].commit(tx)
+    except RepositoryError as exc:
+        service.metrics.uploads.labels(fqrn, "refused").inc()
+        return error(status_for(exc), str(exc))
+    service.metrics.uploads.labels(fqrn, "published").inc()
+    service.metrics.upload_bytes.labels(fqrn).inc(count.total)
+    info = repo.artifact(name)
+    return JSONResponse({
+        "name": name, "path": f"/cvmfs/{fqrn}/{name}", "size": info.size,
+        "revision": result.revision, "expires_at": iso(info.expires_at),
+        "upload_time_s": round(upload_time, 6), "publish_time_s": round(result.publish_time_s, 6),
+        "refreshed": name in result.refreshed, **extra,
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# reading artifacts back
+
+
+def _content(repo: Repository, entry: Entry) -> Iterator[bytes]:
+    """A file's bytes from the store: chunks in order, inflated when stored compressed."""
+    parts = ([(c.digest.hex(), PARTIAL) for c in entry.chunks] if entry.chunks
+             else [(entry.digest.hex(), FILE)] if entry.digest else [])
+    for hex_digest, suffix in parts:
+        data = repo.store.read(hex_digest, suffix)
+        yield zlib.decompress(data) if entry.compressed else data
+
+
+def _tar(repo: Repository, tree: dict[str, Entry]) -> Iterator[bytes]:
+    for path in sorted(tree):
+        e = tree[path]
+        name = path.lstrip("/")
+        if e.is_dir:
+            yield from tarstream.member(name, "dir", mode=e.mode, mtime=e.mtime)
+        elif e.is_symlink:
+            yield from tarstream.member(name, "symlink", mode=0o777, mtime=e.mtime,
+                                        linkname=e.symlink)
+        elif e.is_regular:
+            yield from tarstream.member(name, "file", mode=e.mode, mtime=e.mtime, size=e.size,
+                                        content=_content(repo, e))
+    yield tarstream.END_OF_ARCHIVE
+
+
+def _disposition(filename: str) -> str:
+    return f"attachment; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
+
+
+# --------------------------------------------------------------------------------------------
+# routes
+
+
+def router() -> APIRouter:
+    r = APIRouter()
+
+    def svc(request: Request) -> UploadService:
+        return request.app.state.uploads
+
+    @r.post("/repos/{fqrn}")
+    async def post_upload(request: Request, fqrn: str, unpack: bool = False,
+                          overwrite: bool = False, ttl_s: int | None = None,
+                          name: str | None = None) -> Response:
+        """Seed-compatible multipart upload (field ``file``; its filename names the artifact)."""
+        return await upload(svc(request), request, fqrn, name, multipart=True, unpack=unpack,
+                            overwrite=overwrite, ttl_s=ttl_s)
+
+    @r.put("/repos/{fqrn}/{name:path}")
+    async def put_upload(request: Request, fqrn: str, name: str, unpack: bool = False,
+                         overwrite: bool = False, ttl_s: int | None = None) -> Response:
+        """Raw body upload (``curl -T file``)."""
+        return await upload(svc(request), request, fqrn, name, multipart=False, unpack=unpack,
+                            overwrite=overwrite, ttl_s=ttl_s)
+
+    @r.get("/repos/{fqrn}")
+    async def list_artifacts(request: Request, fqrn: str) -> Response:
+        repo = svc(request).repository(fqrn)
+        arts = await asyncio.to_thread(repo.artifacts)
+        return JSONResponse({
+            "repository": fqrn, "revision": repo.revision(),
+            "files": [{"name": a.name, "kind": a.kind, "size": a.size, "files": a.files,
+                       "expires_at": iso(a.expires_at), "created_at": iso(a.created_at),
+                       "revision": a.revision} for a in arts]})
+
+    @r.get("/repos/{fqrn}/{name:path}")
+    async def download(request: Request, fqrn: str, name: str) -> Response:
+        repo = svc(request).repository(fqrn)
+        try:
+            validate_artifact_name(name)
+            tree = await asyncio.to_thread(repo.artifact_tree, name)
+        except RepositoryError as exc:
+            return error(status_for(exc), str(exc))
+        top = tree[f"/{name}"]
+        if top.is_regular:
+            return StreamingResponse(_content(repo, top), media_type="application/octet-stream",
+                                     headers={"Content-Length": str(top.size),
+                                              "Content-Disposition": _disposition(name)})
+        return StreamingResponse(_tar(repo, tree), media_type="application/x-tar",
+                                 headers={"Content-Disposition": _disposition(name + ".tar")})
+
+    @r.delete("/repos/{fqrn}/{name:path}")
+    async def delete(request: Request, fqrn: str, name: str) -> Response:
+        service = svc(request)
+        service.authorizer.check(request, fqrn)
+        repo = service.repository(fqrn)
+        try:
+            validate_artifact_name(name)
+            tx = repo.begin()
+            tx.remove(name)
+            result = await service.committers[fqrn].commit(tx)
+        except RepositoryError as exc:
+            return error(status_for(exc), str(exc))
+        return JSONResponse({"name": name, "revision": result.revision,
+                             "publish_time_s": round(result.publish_time_s, 6)})
+
+    @r.post("/repos/{fqrn}/{name}/ttl")
+    async def set_ttl(request: Request, fqrn: str, name: str,
+                      ttl_s: int | None = None) -> Response:
+        service = svc(request)
+        service.authorizer.check(request, fqrn)
+        repo = service.repository(fqrn)
+        if ttl_s is None:
+            return error(422, "query parameter ttl_s is required")
+        ttl = service.ttl(ttl_s)
+        try:
+            validate_artifact_name(name)
+            tx = repo.begin()
+            tx.set_expiry(name, repo.clock() + ttl)
+            result = await service.committers[fqrn].commit(tx)
+        except RepositoryError as exc:
+            return error(status_for(exc), str(exc))
+        return JSONResponse({"name": name, "revision": result.revision,
+                             "expires_at": iso(repo.artifact(name).expires_at)})
+
+    @r.post("/repos/{fqrn}/notify")
+    async def notify(request: Request, fqrn: str) -> Response:
+        """Send the current revision to subscribers again (seed route)."""
+        service = svc(request)
+        service.authorizer.check(request, fqrn)
+        repo = service.repository(fqrn)
+        if service.settings.gateway_url and service.notifier is not None:
+            service.notifier.notify(fqrn, repo.manifest_bytes())
+            return JSONResponse({"repository": fqrn, "revision": repo.revision(),
+                                 "gateway": service.settings.gateway_url})
+        if service.hub is not None:
+            msg = await service.hub.resend(fqrn)
+            subs = service.hub.subscriber_counts().get(fqrn, 0)
+            return JSONResponse({"repository": fqrn, "revision": msg.revision if msg else None,
+                                 "subscribers": subs})
+        return error(503, "no notification gateway is configured for this server")
+
+    return r
