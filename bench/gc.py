@@ -14,7 +14,9 @@ its own nested catalog) among 10,000 live ones, and again among 10x the live art
 Target: clean + gc of the 10k expired artifacts under 10 s (2 cores). The repository clock is
 set forward instead of sleeping (expiry, then the grace period).
 
-Usage: ``python bench/gc.py [--expired 10000] [--live-factor 10] [--workdir DIR] [--quick]``.
+Usage: ``python bench/gc.py [--expired 10000] [--live-factor 10] [--workdir DIR] [--quick]``;
+the scratch repositories go to a temp dir under ``--workdir`` (default: the system temp dir;
+pass a directory on the disk under test).
 """
 
 from __future__ import annotations
@@ -140,8 +142,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1,000 expired (a smoke run)")
     args = ap.parse_args()
     expired = 1_000 if args.quick else args.expired
-    parent = args.workdir or Path(__file__).resolve().parents[1]
-    workdir = Path(tempfile.mkdtemp(prefix="bench-gc-", dir=parent))
+    # never inside the checkout: a scratch repository of 200k files must not end up in git
+    workdir = Path(tempfile.mkdtemp(prefix="bench-gc-", dir=args.workdir))
     try:
         keys = workdir / "keys"
         base = scenario(workdir, keys, expired, expired)

@@ -29,6 +29,7 @@ Write path and what a crash at each step leaves behind:
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import errno
 import fcntl
@@ -475,7 +476,7 @@ def _entry_from_json(name: str, text: str) -> Entry:
 
 @dataclass
 class _Artifact:
-    """An artifact as the commit sees it: its top entry and, if loaded, its whole tree."""
+    """An artifact as the commit sees it: its row in the root catalog and its metadata."""
 
     name: str
     top: Entry
@@ -488,7 +489,6 @@ class _Artifact:
     created_at: float
     expires_at: float | None
     revision: int
-    tree: dict[str, Entry] | None = None  # full path -> entry, loaded lazily when modified
 
 
 def content_digest(tree: dict[str, Entry], base: str) -> str:
@@ -527,6 +527,7 @@ class Repository:
         self._ingester_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._keys: keys_mod.RepositoryKeys | None = None
+        self._cache: tuple[int, dict[str, _Artifact]] | None = None
         self.listeners: list[Callable[[PublishResult], None]] = []
 
     # -- paths and basic state ------------------------------------------------------------
@@ -666,7 +667,28 @@ class Repository:
     def revision(self) -> int:
         return self.manifest().revision
 
+    @staticmethod
+    def _generation(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
+        return int(row[0]) if row else 0
+
     def _load_artifacts(self, conn: sqlite3.Connection) -> dict[str, _Artifact]:
+        """Every artifact row, decoded once per state generation.
+
+        The root catalog is rebuilt from all rows at every commit, so decoding them again each
+        time would make a one-file publish cost grow with the repository. Any writer (this
+        process or another) bumps ``generation`` in the same SQLite transaction as its rows, so
+        the cache is reused exactly while the rows are unchanged. The rows are shared: callers
+        copy an artifact before changing it.
+        """
+        generation = self._generation(conn)
+        cached = self._cache
+        if cached is None or cached[0] != generation:
+            cached = (generation, self._read_artifacts(conn))
+            self._cache = cached
+        return dict(cached[1])
+
+    def _read_artifacts(self, conn: sqlite3.Connection) -> dict[str, _Artifact]:
         out = {}
         for row in conn.execute(
             "SELECT name, entry, catalog_hash, catalog_size, counters, content_digest, size,"
@@ -785,14 +807,12 @@ class Repository:
                              (revision,))
 
     def _tree_of(self, art: _Artifact) -> dict[str, Entry]:
-        if art.tree is None:
-            if art.catalog_hash is None:
-                art.tree = {art.top.path: art.top}
-            else:
-                content = read_catalog(self.store.read_inflated(art.catalog_hash, CATALOG))
-                art.tree = {e.path: e for e in content.entries
-                            if e.path != f"{art.top.path}/{MARKER_NAME}"}
-        return art.tree
+        """The artifact's entries by full path: its own row, or its nested catalog read back."""
+        if art.catalog_hash is None:
+            return {art.top.path: art.top}
+        content = read_catalog(self.store.read_inflated(art.catalog_hash, CATALOG))
+        marker = f"{art.top.path}/{MARKER_NAME}"
+        return {e.path: e for e in content.entries if e.path != marker}
 
     def _apply(self, tx: Transaction, arts: dict[str, _Artifact | None],
                work: dict[str, dict[str, Entry] | None], now: int) -> None:
@@ -854,6 +874,7 @@ class Repository:
         now_f = self.clock()
         now = int(now_f)
         conn = self._db()
+        committed = False
         try:
             arts = self._load_artifacts(conn)
             work: dict[str, dict[str, Entry] | None] = {}
@@ -887,6 +908,7 @@ class Repository:
                     continue
                 digest = content_digest(tree, "/" + name)
                 if old is not None and digest == old.content_digest:
+                    old = copy.copy(old)
                     old.expires_at = expiry.get(name, old.expires_at)
                     new_rows[name] = old
                     refreshed.append(name)
@@ -897,14 +919,16 @@ class Repository:
                 changed.append(name)
             for name, exp in expiry.items():
                 if name not in work and name in arts:
-                    arts[name].expires_at = exp
-                    new_rows[name] = arts[name]
+                    new_rows[name] = copy.copy(arts[name])
+                    new_rows[name].expires_at = exp
                     refreshed.append(name)
 
             served = self.manifest() if self.exists() else None
             needs_revision = served is None or bool(changed or removed)
             if not needs_revision:
                 self._write_rows(conn, new_rows, revision=None)
+                self._cache = None
+                committed = True
                 return PublishResult(served.revision, served.root_hash, served.timestamp,
                                      self.manifest_bytes(), [], [], sorted(refreshed), errors,
                                      new_revision=False,
@@ -931,10 +955,15 @@ class Repository:
                 "INSERT OR REPLACE INTO revisions VALUES (?,?,?,?,?,?,?, 'pending')",
                 (revision, root_hash, root_size, m.certificate_hash, timestamp, now_f,
                  manifest_blob))
+            generation = self._generation(conn)
             conn.execute("COMMIT")
+            committed = True
+            self._cache = (generation, final)
             atomic_write(self.manifest_path, manifest_blob)
             conn.execute("UPDATE revisions SET state='published' WHERE revision=?", (revision,))
         finally:
+            if not committed:
+                self._cache = None  # rows may have been modified in place before the failure
             conn.close()
         return PublishResult(revision, root_hash, timestamp, manifest_blob, changed, removed,
                              sorted(refreshed), errors,
@@ -944,6 +973,8 @@ class Repository:
                     revision: int | None, in_tx: bool = False) -> None:
         if not in_tx:
             conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO meta VALUES ('generation', 1) ON CONFLICT(key) DO UPDATE"
+                     " SET value = value + 1")
         for name, art in rows.items():
             if art is None:
                 conn.execute("DELETE FROM artifacts WHERE name=?", (name,))
@@ -968,7 +999,7 @@ class Repository:
         created = old.created_at if old is not None else float(self.clock())
         if not top.is_dir:
             return _Artifact(name, top, None, None, None, digest, size, files, created,
-                             expires_at, 0, tree=tree)
+                             expires_at, 0)
         compressed = self.config.compression == "zlib"
         empty = self.store.put_content(b"", "", compressed)
         marker = Entry(path=f"{top_path}/{MARKER_NAME}", mode=stat.S_IFREG | 0o644, mtime=now,
@@ -982,7 +1013,7 @@ class Repository:
         mount = Entry(path=top_path, mode=top.mode, mtime=top.mtime, size=top.size,
                       uid=top.uid, gid=top.gid, linkcount=2 + subdirs)
         return _Artifact(name, mount, obj.hex, len(built.data), built.counters, digest, size,
-                         files, created, expires_at, 0, tree=tree)
+                         files, created, expires_at, 0)
 
     def _build_root(self, arts: dict[str, _Artifact], revision: int, timestamp: int,
                     previous_root: str | None) -> tuple[bytes, str, int]:

@@ -9,6 +9,7 @@ parent catalog (or the manifest) records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 import stat
@@ -62,6 +63,7 @@ COUNTER_NAMES = (
 DIR_SIZE = 4096
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def md5_pair(path: str) -> tuple[int, int]:
     """MD5 of a full path split into two little-endian signed int64 (FORMAT.md §6.5)."""
     return struct.unpack("<qq", hashlib.md5(path.encode("utf-8")).digest())

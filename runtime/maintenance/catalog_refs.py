@@ -5,7 +5,8 @@ A catalog's name is the hash of its content, so what it references never changes
 already read. An hourly gc of a repository whose artifacts mostly predate the previous run then
 costs a lookup per live catalog instead of a zlib inflate and three SQLite queries.
 
-The cache lives in ``private/<fqrn>/gc-catalogs.db`` (SQLite, one transaction per batch). It is
+Root catalogs are not cached: each is retained for a short grace period only, and one root
+lists every artifact. The cache lives in ``private/<fqrn>/gc-catalogs.db`` (SQLite, one transaction per batch). It is
 advisory: an entry is written only after its catalog was read completely, entries of catalogs
 gc deletes are dropped with them, and a cache that cannot be opened is deleted and rebuilt.
 Crash safety: a kill leaves the last committed batch; every committed entry is still true,
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 
 Refs = tuple[list[str], list[str]]  # (objects as hex + suffix, nested catalog hexes)
 
+#: A rowid table on purpose: in a WITHOUT ROWID table every b-tree page holds whole records,
+#: and a lookup that passes a large record (a catalog of a big artifact) reads all of it.
 _SCHEMA = "CREATE TABLE IF NOT EXISTS catalogs (hash TEXT PRIMARY KEY, objects TEXT NOT NULL," \
-          " nested TEXT NOT NULL) WITHOUT ROWID"
+          " nested TEXT NOT NULL)"
 
 
 class CatalogRefs:

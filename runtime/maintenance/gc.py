@@ -184,13 +184,17 @@ def mark(store: ObjectStore, roots: Iterable[tuple[str, str]], workers: int | No
     marked = read = 0
     workers = workers or min(4, (os.cpu_count() or 1) + 1)
     with ThreadPoolExecutor(workers, thread_name_prefix="gc-mark") as pool:
+        depth = 0
         while frontier:
             level, frontier = frontier, []
             known: dict[str, tuple[list[str], list[str]]] = {}
             misses = []
+            # roots (depth 0) are not cached: short-lived, and each one lists every artifact
+            use_cache = cache if depth > 0 else None
+            depth += 1
             for hex_ in level:
                 live.add(hex_ + CATALOG)
-                refs = cache.get(hex_) if cache is not None else None
+                refs = use_cache.get(hex_) if use_cache is not None else None
                 if refs is None:
                     misses.append(hex_)
                 else:
@@ -205,8 +209,8 @@ def mark(store: ObjectStore, roots: Iterable[tuple[str, str]], workers: int | No
                 known[hex_] = entry
                 fresh.append((hex_, entry))
             read += len(fresh)
-            if cache is not None:
-                cache.put_many(fresh)
+            if use_cache is not None:
+                use_cache.put_many(fresh)
             for objs, nested in known.values():
                 marked += 1
                 live.update(objs)
