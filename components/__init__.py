@@ -1,1 +1,1 @@
-"""The Pulumi components that deploy cvmfs-ephemeral (see docs/deploy.md)."""
+"""The Pulumi components that deploy cvmfs-ephemeral (see README.md, "Deploying cvmfs-ephemeral with Pulumi")."""

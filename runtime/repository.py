@@ -280,7 +280,7 @@ class Transaction:
 
     def add_content(self, path: str, content: FileContent, *, mode: int = 0o644,
                     mtime: int | None = None) -> None:
-        """Stage a regular file whose content is already stored (``Ingester.ingest_small``).
+        """Stage a regular file whose content is already stored (``Ingester.ingest_batch``).
 
         Lets archive unpacking store many small files in parallel and record them afterwards,
         and lets a hardlink become a second entry sharing the stored content.

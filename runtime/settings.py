@@ -102,8 +102,10 @@ class Settings(BaseSettings):
 
     tokens: str = Field("", description="comma list of 'token' or 'token:repo' entries")
     tokens_file: Path | None = None
-    #: The token that the CLI sends (``upload``, and maintenance commands given ``--url``).
+    #: The token that the CLI sends (``upload``, and maintenance commands given ``--url``),
+    #: or a file holding it (how the Docker and Kubernetes targets mount it).
     token: str = Field("", repr=False)
+    token_file: Path | None = None
     max_artifact_bytes: int = Field(4 * 1024**3, ge=1)
     default_ttl_s: int = Field(7200, ge=1)
     max_ttl_s: int = Field(30 * 24 * 3600, ge=1)
@@ -129,6 +131,14 @@ class Settings(BaseSettings):
         if dupes:
             raise ValueError(f"repository configured twice: {', '.join(dupes)}")
         return self
+
+    def client_token(self) -> str:
+        """The token the CLI sends: ``token``, else the contents of ``token_file``, else ''."""
+        if self.token.strip():
+            return self.token.strip()
+        if self.token_file is not None:
+            return Path(self.token_file).read_text().strip()
+        return ""
 
     def repository(self, fqrn: str) -> RepositoryConfig:
         """The configuration of ``fqrn``; an unconfigured name gets the defaults."""

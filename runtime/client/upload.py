@@ -15,7 +15,6 @@ serves that revision.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import httpx
 import typer
 
 from .. import tarstream
+from ..settings import Settings
 
 RETRY_STATUSES = range(500, 600)
 BLOCK = 1024 * 1024
@@ -199,7 +199,7 @@ def register(app: typer.Typer) -> None:
         retries: int = typer.Option(5, "--retries", help="retries on connection/5xx errors"),
     ) -> None:
         """Upload an artifact for a CI job (token from CVMFS_EPHEMERAL_TOKEN)."""
-        token = os.environ.get("CVMFS_EPHEMERAL_TOKEN", "")
+        token = Settings().client_token()
         say = lambda m: typer.echo(m, err=True)  # noqa: E731
         try:
             result = upload(source, url=url, repo=repo, name=name, ttl_s=ttl_s, unpack=unpack,

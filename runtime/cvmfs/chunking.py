@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable
@@ -79,7 +80,8 @@ class Ingester:
                 writer.write(bytes(source))
             elif hasattr(source, "read"):
                 while True:
-                    block = source.read(READ_BLOCK)  # type: ignore[union-attr]
+                    # whole chunks: each read becomes a chunk without being copied again
+                    block = source.read(self.chunk_size)  # type: ignore[union-attr]
                     if not block:
                         break
                     writer.write(block)
@@ -91,50 +93,48 @@ class Ingester:
             writer.abort()
             raise
 
-    def ingest_files(self, paths: list[str]) -> Future:
-        """Store several small local files (each at most one chunk) in one pool task.
+    def ingest_batch(self, blobs: list[bytes]) -> Future:
+        """Store several small files (each at most one chunk) in one pool task.
 
-        Reading happens on the worker too, so a tree of many small files keeps every core busy
-        and pays the per-task overhead once per batch rather than once per file. The future
-        yields one :class:`FileContent` per path, in order.
+        Handing each tiny file to a thread costs more than storing it (futures, locks, GIL
+        hand-offs); a batch pays that once. The future yields one :class:`FileContent` per
+        blob, in order.
         """
+        return self._pool.submit(self._store_blobs, blobs)
+
+    def ingest_files(self, paths: list[str]) -> Future:
+        """Like :meth:`ingest_batch` for local files, read on the worker too."""
         return self._pool.submit(self._store_files, paths)
 
-    def _store_files(self, paths: list[str]) -> list[FileContent]:
+    def _store_blobs(self, blobs: list[bytes]) -> list[FileContent]:
         out = []
-        for path in paths:
-            with open(path, "rb") as fh:
-                data = fh.read(self.chunk_size + 1)
+        for data in blobs:
             if len(data) > self.chunk_size:
-                raise ValueError(f"{path} grew beyond one chunk while being read")
+                raise ValueError("a batched file must fit in one chunk")
             obj = self.store.put_content(data, FILE, self.compressed)
             out.append(FileContent(len(data), self.compressed, obj.digest, [], [obj]))
         return out
 
-    def ingest_small(self, data: bytes) -> Future:
-        """Store a file known to fit one object, without a writer: used for many small files."""
-        if len(data) > self.chunk_size:
-            raise ValueError("ingest_small takes at most one chunk")
-        fut: Future = Future()
-
-        def done(inner: Future) -> None:
-            try:
-                obj = inner.result()
-            except BaseException as exc:  # noqa: BLE001 - forwarded to the waiter
-                fut.set_exception(exc)
-                return
-            fut.set_result(FileContent(len(data), self.compressed, obj.digest, [], [obj]))
-
-        self.submit(data, FILE).add_done_callback(done)
-        return fut
+    def _store_files(self, paths: list[str]) -> list[FileContent]:
+        blobs = []
+        for path in paths:
+            with open(path, "rb") as fh:
+                blobs.append(fh.read(self.chunk_size + 1))
+        return self._store_blobs(blobs)
 
 
 class FileWriter:
-    """Push-style writer for one file; see the module docstring for the chunking rule."""
+    """Push-style writer for one file; see the module docstring for the chunking rule.
+
+    Incoming pieces are kept as they arrive and joined once per chunk (one copy); a piece that
+    is exactly one chunk long, as :meth:`Ingester.ingest` reads from files, is handed to the
+    pool without any copy.
+    """
 
     def __init__(self, ingester: Ingester):
         self._ing = ingester
-        self._buf = bytearray()
+        self._pieces: deque[bytes] = deque()
+        self._buffered = 0
         self._offset = 0
         self._pending: list[tuple[int, int, Future]] = []
         self._inflight = threading.Semaphore(ingester.max_inflight)
@@ -142,45 +142,64 @@ class FileWriter:
 
     @property
     def size(self) -> int:
-        return self._offset + len(self._buf)
+        return self._offset + self._buffered
 
-    def _cut(self) -> Future:
-        size = self._ing.chunk_size
-        data = bytes(self._buf[:size])
-        del self._buf[:size]
+    def _take(self, size: int) -> bytes:
+        """Remove and return the first ``size`` buffered bytes."""
+        first = self._pieces[0]
+        if len(first) == size:
+            self._pieces.popleft()
+            self._buffered -= size
+            return first
+        parts, need = [], size
+        while need:
+            piece = self._pieces.popleft()
+            if len(piece) > need:
+                parts.append(piece[:need])
+                self._pieces.appendleft(piece[need:])
+                need = 0
+            else:
+                parts.append(piece)
+                need -= len(piece)
+        self._buffered -= size
+        return b"".join(parts)
+
+    def _submit(self, data: bytes) -> None:
         fut = self._ing.submit(data, PARTIAL)
         fut.add_done_callback(lambda _f: self._inflight.release())
-        self._pending.append((self._offset, size, fut))
-        self._offset += size
-        return fut
+        self._pending.append((self._offset, len(data), fut))
+        self._offset += len(data)
 
-    def _ready_cuts(self) -> int:
-        return max(0, (len(self._buf) - 1) // self._ing.chunk_size)
+    def _buffer(self, data: bytes) -> int:
+        """Keep ``data``; return how many chunks can be cut (more than a chunk must follow)."""
+        if data:
+            self._pieces.append(bytes(data) if not isinstance(data, bytes) else data)
+            self._buffered += len(data)
+        return max(0, (self._buffered - 1) // self._ing.chunk_size)
 
     def write(self, data: bytes) -> None:
         """Buffer ``data``; cut and submit full chunks, blocking when too many are in flight."""
-        self._buf += data
-        for _ in range(self._ready_cuts()):
+        for _ in range(self._buffer(data)):
             self._inflight.acquire()
-            self._cut()
+            self._submit(self._take(self._ing.chunk_size))
 
     async def awrite(self, data: bytes) -> None:
         """Like :meth:`write`, but waits for pool capacity without blocking the event loop."""
-        self._buf += data
-        for _ in range(self._ready_cuts()):
+        for _ in range(self._buffer(data)):
             while not self._inflight.acquire(blocking=False):
                 await asyncio.sleep(0.002)
-            self._cut()
+            self._submit(self._take(self._ing.chunk_size))
 
     def close(self) -> FileContent:
         """Store the tail and wait for every chunk; return the file's catalog description."""
         self._closed = True
+        tail = self._take(self._buffered) if self._buffered else b""
         if not self._pending:
-            obj = self._ing.store.put_content(bytes(self._buf), FILE, self._ing.compressed)
-            return FileContent(len(self._buf), self._ing.compressed, obj.digest, [], [obj])
-        if self._buf:
+            obj = self._ing.store.put_content(tail, FILE, self._ing.compressed)
+            return FileContent(len(tail), self._ing.compressed, obj.digest, [], [obj])
+        if tail:
             self._inflight.acquire()
-            self._cut_tail()
+            self._submit(tail)
         chunks, objects = [], []
         for offset, size, fut in self._pending:
             obj: StoredObject = fut.result()
@@ -193,18 +212,11 @@ class FileWriter:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.close)
 
-    def _cut_tail(self) -> None:
-        data = bytes(self._buf)
-        self._buf.clear()
-        fut = self._ing.submit(data, PARTIAL)
-        fut.add_done_callback(lambda _f: self._inflight.release())
-        self._pending.append((self._offset, len(data), fut))
-        self._offset += len(data)
-
     def abort(self) -> None:
         """Drop buffered data and wait for in-flight chunks (their objects are left to gc)."""
         self._closed = True
-        self._buf.clear()
+        self._pieces.clear()
+        self._buffered = 0
         for _, _, fut in self._pending:
             try:
                 fut.result()

@@ -7,10 +7,9 @@ a bearer token and never printed.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import httpx
+
+from ..settings import Settings
 
 TOKEN_ENV = "CVMFS_EPHEMERAL_TOKEN"
 TOKEN_FILE_ENV = "CVMFS_EPHEMERAL_TOKEN_FILE"
@@ -23,11 +22,10 @@ class RemoteError(RuntimeError):
 
 
 def token_from_env(explicit: str | None = None) -> str:
+    """``explicit``, else the configured client token; a clear error when there is none."""
     if explicit:
         return explicit
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token and os.environ.get(TOKEN_FILE_ENV):
-        token = Path(os.environ[TOKEN_FILE_ENV]).read_text().strip()
+    token = Settings().client_token()
     if not token:
         raise RemoteError(f"no token: set {TOKEN_ENV} or {TOKEN_FILE_ENV}")
     return token
