@@ -871,6 +871,7 @@ class Repository:
     def _commit(self, transactions: list[Transaction]) -> PublishResult:
         started = time.perf_counter()
         self._recover()
+        early_sync = self.store.start_sync() if transactions else None
         now_f = self.clock()
         now = int(now_f)
         conn = self._db()
@@ -946,6 +947,8 @@ class Repository:
             timestamp = max(now, served.timestamp if served else 0)
             for name in changed:
                 final[name].revision = revision
+            if early_sync is not None:
+                early_sync.join()
             manifest_blob, root_hash, root_size = self._build_root(
                 final, revision, timestamp, served.root_hash if served else None)
             conn.execute("BEGIN IMMEDIATE")

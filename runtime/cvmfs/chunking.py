@@ -119,7 +119,8 @@ class Ingester:
         blobs = []
         for path in paths:
             with open(path, "rb") as fh:
-                blobs.append(fh.read(self.chunk_size + 1))
+                # read() sizes its buffer from fstat; read(n) would allocate n bytes per file
+                blobs.append(fh.read())
         return self._store_blobs(blobs)
 
 

@@ -1,7 +1,7 @@
 """Content-addressed object store: ``data/XX/<rest><suffix>`` (FORMAT.md §1.2, §2.2).
 
 An object's name is the SHA-1 of exactly the bytes served, i.e. of the compressed stream for
-zlib objects. Writes go to a unique temp file in ``data/txn/`` and are linked into place, so a
+zlib objects. Writes go to a unique temp file in ``data/txn/`` and are renamed into place, so a
 reader never sees a partial object under its final name. Individual objects are *not* fsynced:
 a publish calls :meth:`ObjectStore.sync` once (``syncfs``) before the manifest that references
 them is written, which makes thousands of small objects durable for the price of one flush.
@@ -119,9 +119,8 @@ class ObjectStore:
         # plain strings: this runs once per object, and pathlib costs more than the syscalls
         final = f"{self._data_str}/{hex_digest[:2]}/{hex_digest[2:]}{suffix}"
         try:
-            st = os.stat(final)
-            if st.st_size == len(payload):
-                os.utime(final)
+            if os.stat(final).st_size == len(payload):
+                os.utime(final)  # FileNotFoundError if gc took it meanwhile: write it again
                 return StoredObject(hex_digest, suffix, len(payload))
         except FileNotFoundError:
             pass
@@ -138,29 +137,11 @@ class ObjectStore:
         finally:
             os.close(fd)
         try:
-            self._link_into_place(tmp, final, len(payload))
-        finally:
-            os.unlink(tmp)
-        return StoredObject(hex_digest, suffix, len(payload))
-
-    @staticmethod
-    def _link_into_place(tmp: str, final: str, size: int) -> None:
-        """Give the complete temp file its final name.
-
-        ``link`` rather than ``rename``: on ext4 renaming a freshly written file forces block
-        allocation (auto_da_alloc) and costs ~10x more; ``link`` is just as atomic for a new
-        name, and fails instead of replacing when a concurrent writer got there first, in which
-        case the existing (complete, same-hash) object is kept unless its size is wrong.
-        """
-        try:
-            os.link(tmp, final)
+            os.rename(tmp, final)
         except FileNotFoundError:
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.link(tmp, final)
-        except FileExistsError:
-            if os.stat(final).st_size != size:
-                os.replace(tmp, final)
-                os.link(final, tmp)  # keep the caller's unlink(tmp) valid
+            os.rename(tmp, final)
+        return StoredObject(hex_digest, suffix, len(payload))
 
     def put_content(self, data: bytes, suffix: str, compressed: bool) -> StoredObject:
         """Compress (zlib) or not, then :meth:`put`."""
@@ -195,6 +176,16 @@ class ObjectStore:
                 if len(rest) != HEX_LEN - 2 or suffix not in SUFFIXES:
                     continue
                 yield bucket.name + rest, suffix, entry.stat()
+
+    def start_sync(self) -> threading.Thread:
+        """Begin :meth:`sync` on a thread and return it (``join`` waits).
+
+        A commit starts flushing the staged objects while it builds catalogs, so its final
+        :meth:`sync` only has the catalogs left to write.
+        """
+        thread = threading.Thread(target=self.sync, name="objects-sync", daemon=True)
+        thread.start()
+        return thread
 
     def sync(self) -> None:
         """Make every object written so far durable (one ``syncfs`` for the whole store)."""

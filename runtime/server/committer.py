@@ -25,6 +25,8 @@ from ..repository import PublishResult, Repository, Transaction
 
 log = logging.getLogger(__name__)
 
+BATCH_HISTORY = 1024
+
 
 class GroupCommitter:
     """Serializes commits of one repository and batches the transactions that wait."""
@@ -35,7 +37,7 @@ class GroupCommitter:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{repo.fqrn}")
-        #: Sizes of the batches committed so far (metrics and tests read it).
+        #: Sizes of the most recent batches (at most BATCH_HISTORY; tests read it).
         self.batches: list[int] = []
         self._busy = False
         #: Called on the event loop after each commit with (fqrn, batch size, result or None).
@@ -71,6 +73,8 @@ class GroupCommitter:
                 continue
             batch, self._queue = self._queue, []
             self.batches.append(len(batch))
+            if len(self.batches) > 2 * BATCH_HISTORY:
+                del self.batches[:BATCH_HISTORY]  # a long-running server keeps a bounded list
             txs = [tx for tx, _ in batch]
             self._busy = True
             try:
