@@ -4,7 +4,8 @@ A file is fed to a :class:`FileWriter` in pieces of any size. Whenever more than
 ``chunk_size`` bytes are buffered, the first ``chunk_size`` bytes become a chunk and are handed
 to a thread pool that compresses (zlib, if enabled), hashes and stores it; ``zlib`` and
 ``hashlib`` release the GIL, so chunks of one file use every core. Memory is bounded by
-``chunk_size × (max_inflight + 1)`` whatever the file size.
+``chunk_size × max_inflight`` for all files together plus one chunk per file being written,
+whatever the file sizes.
 
 A file that ends before its first cut is stored whole (no suffix, catalog ``hash`` set); a
 longer one is stored as chunks (suffix ``P``, catalog ``hash`` NULL, ``chunks`` rows). Because a
@@ -61,6 +62,9 @@ class Ingester:
         self.workers = workers or max(2, os.cpu_count() or 2)
         self.max_inflight = max_inflight or self.workers + 2
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ingest")
+        #: Chunks handed to the pool and not yet stored, across every file being written:
+        #: concurrent uploads share it, so memory stays bounded however many run at once.
+        self.inflight = threading.Semaphore(self.max_inflight)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -138,7 +142,7 @@ class FileWriter:
         self._buffered = 0
         self._offset = 0
         self._pending: list[tuple[int, int, Future]] = []
-        self._inflight = threading.Semaphore(ingester.max_inflight)
+        self._inflight = ingester.inflight
         self._closed = False
 
     @property
