@@ -72,26 +72,15 @@ def directory(root: Path) -> Iterator[bytes]:
     Regular files, directories and symlinks are included; other file types are refused, since
     the server would refuse them too.
     """
-    root = Path(root)
-    stack = [(str(root), "")]
-    while stack:
-        path, rel = stack.pop()
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
-            name = f"{rel}{e.name}"
-            st = e.stat(follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                yield from member(name, "dir", mode=st.st_mode, mtime=int(st.st_mtime))
-                stack.append((e.path, name + "/"))
-            elif stat.S_ISLNK(st.st_mode):
-                yield from member(name, "symlink", mode=0o777, mtime=int(st.st_mtime),
-                                  linkname=os.readlink(e.path))
-            elif stat.S_ISREG(st.st_mode):
-                yield from member(name, "file", mode=st.st_mode, mtime=int(st.st_mtime),
-                                  size=st.st_size, content=_read_file(e.path))
-            else:
-                raise ValueError(f"{e.path}: only files, directories and symlinks can be sent")
+    for name, path, st in _walk(Path(root)):
+        if stat.S_ISDIR(st.st_mode):
+            yield from member(name, "dir", mode=st.st_mode, mtime=int(st.st_mtime))
+        elif stat.S_ISLNK(st.st_mode):
+            yield from member(name, "symlink", mode=0o777, mtime=int(st.st_mtime),
+                              linkname=os.readlink(path))
+        else:
+            yield from member(name, "file", mode=st.st_mode, mtime=int(st.st_mtime),
+                              size=st.st_size, content=_read_file(path))
     yield END_OF_ARCHIVE
 
 
@@ -104,6 +93,22 @@ def directory_size(root: Path) -> int:
 
 
 def _sizes(root: Path) -> Iterator[int]:
+    for name, path, st in _walk(root):
+        if stat.S_ISDIR(st.st_mode):
+            yield len(header(name, "dir", mode=st.st_mode, mtime=int(st.st_mtime)))
+        elif stat.S_ISLNK(st.st_mode):
+            yield len(header(name, "symlink", mode=0o777, mtime=int(st.st_mtime),
+                             linkname=os.readlink(path)))
+        else:
+            yield len(header(name, "file", mode=st.st_mode, mtime=int(st.st_mtime),
+                             size=st.st_size)) + st.st_size + len(padding(st.st_size))
+
+
+def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(member name, path, lstat) of every entry below ``root``, parents first, sorted.
+
+    Both the stream and its size walk the tree this way, so the size is exact.
+    """
     stack = [(str(root), "")]
     while stack:
         path, rel = stack.pop()
@@ -112,12 +117,9 @@ def _sizes(root: Path) -> Iterator[int]:
         for e in entries:
             name = f"{rel}{e.name}"
             st = e.stat(follow_symlinks=False)
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
+                    or stat.S_ISREG(st.st_mode)):
+                raise ValueError(f"{e.path}: only files, directories and symlinks can be sent")
+            yield name, e.path, st
             if stat.S_ISDIR(st.st_mode):
-                yield len(header(name, "dir", mode=st.st_mode, mtime=int(st.st_mtime)))
                 stack.append((e.path, name + "/"))
-            elif stat.S_ISLNK(st.st_mode):
-                yield len(header(name, "symlink", mode=0o777, mtime=int(st.st_mtime),
-                                 linkname=os.readlink(e.path)))
-            elif stat.S_ISREG(st.st_mode):
-                yield len(header(name, "file", mode=st.st_mode, mtime=int(st.st_mtime),
-                                 size=st.st_size)) + st.st_size + len(padding(st.st_size))

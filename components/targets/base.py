@@ -8,13 +8,25 @@ concept components call it in dependency order: ``prepare``, then ``stratum0``, 
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Protocol, Sequence
 
 import pulumi
 
 from ..spec import ContainerSpec, Endpoint, MaintenanceSpec
 
+if TYPE_CHECKING:
+    from ..config import StackConfig
+
 ServiceRole = Literal["stratum0", "upload", "gateway"]
+
+
+def configured_public_url(config: "StackConfig", role: ServiceRole) -> Optional[str]:
+    """The public URL the stack configuration sets for ``role``, if any (both targets)."""
+    return {
+        "stratum0": config.public_url,
+        "upload": config.upload_url,
+        "gateway": config.notification_url,
+    }[role] or None
 
 
 class Target(Protocol):

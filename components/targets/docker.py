@@ -27,7 +27,7 @@ import pulumi_docker as docker
 from .. import contract
 from ..config import StackConfig, quantity_bytes
 from ..spec import ContainerSpec, Endpoint, FileSet, MaintenanceSpec
-from .base import ServiceRole
+from .base import ServiceRole, configured_public_url
 
 #: Mount options of the per-container /tmp.
 TMPFS_OPTIONS = "rw,noexec,nosuid,nodev,size=64m"
@@ -56,11 +56,7 @@ class DockerTarget:
         return f"http://{role}:{port}"
 
     def _public_url(self, role: ServiceRole) -> str:
-        configured = {
-            "stratum0": self.config.public_url,
-            "upload": self.config.upload_url,
-            "gateway": self.config.notification_url,
-        }[role]
+        configured = configured_public_url(self.config, role)
         if configured:
             return configured
         port = getattr(self.config.ports, role)

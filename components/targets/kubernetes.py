@@ -32,7 +32,7 @@ import pulumi_kubernetes as k8s
 from .. import contract
 from ..config import ResourceSpec, StackConfig
 from ..spec import ContainerSpec, Endpoint, FileSet, MaintenanceSpec
-from .base import ServiceRole
+from .base import ServiceRole, configured_public_url
 
 core = k8s.core.v1
 apps = k8s.apps.v1
@@ -142,11 +142,7 @@ class KubernetesTarget:
         return f"http://{self._service_host(role)}:{getattr(self.config.ports, role)}"
 
     def _public_url(self, role: ServiceRole) -> str:
-        configured = {
-            "stratum0": self.config.public_url,
-            "upload": self.config.upload_url,
-            "gateway": self.config.notification_url,
-        }[role]
+        configured = configured_public_url(self.config, role)
         if configured:
             return configured
         ingress = self.config.kubernetes.ingress

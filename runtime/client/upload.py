@@ -94,7 +94,10 @@ def upload(source: Path, *, url: str, repo: str, name: str | None = None,
     if source.is_dir():
         body: Callable[[Callable[[int], None]], Iterator[bytes]] = (
             lambda p: _dir_body(source, p))
-        size = tarstream.directory_size(source)
+        try:
+            size = tarstream.directory_size(source)
+        except ValueError as exc:  # a device or fifo in the tree: the server refuses those
+            raise UploadFailed(str(exc), 2) from exc
         unpack = True
     elif source.is_file():
         body = lambda p: _file_body(source, p)  # noqa: E731
