@@ -169,19 +169,34 @@ def serve(host: Optional[str] = typer.Option(None), port: Optional[int] = typer.
     try:
         settings = Settings(**overrides)
     except ValueError as exc:
-        _fail(str(exc).splitlines()[0], 2)
+        _fail(describe_error(exc), 2)
     if settings.role == "gateway" and "port" not in settings.model_fields_set:
         settings = settings.model_copy(update={"port": GATEWAY_PORT})
     application = create_app(settings)
+    _print_mount_instructions(settings)
     make_server(application, host=settings.host, port=settings.port,
                 log_level=settings.log_level).run()
 
 
+def _print_mount_instructions(settings: Settings) -> None:
+    """Tell the operator how a client mounts each repository this process serves."""
+    from .clientconf import mount_instructions
+
+    if settings.role == "gateway":
+        return
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = settings.public_url or f"http://{host}:{settings.port}"
+    notify = settings.gateway_url or (f"{base}/api/v1" if settings.role == "all" else None)
+    for repo in settings.repositories:
+        typer.echo(mount_instructions(repo.fqrn, base, notify))
+
+
 # Commands of the other areas register themselves here.
 from .client import upload as _client_upload  # noqa: E402
+from .maintenance import cli as _maintenance_cli  # noqa: E402
 
 _client_upload.register(app)
-from .maintenance import cli as _maintenance_cli; _maintenance_cli.register(app)  # noqa: E402,E702
+_maintenance_cli.register(app)
 
 
 def main() -> None:

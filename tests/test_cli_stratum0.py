@@ -154,3 +154,54 @@ def test_stratum0_http_behaviour(dirs: dict[str, str], server: str) -> None:
             b"-----BEGIN PUBLIC KEY-----")
         assert http.get(f"{server}/cvmfs-meta/{FQRN}.key").status_code == 404
         assert http.get(f"{server}/cvmfs-meta/{FQRN}.masterkey").status_code == 404
+
+
+def test_serve_creates_configured_repositories_and_prints_how_to_mount(
+        dirs: dict[str, str]) -> None:
+    port = free_port()
+    env = {**os.environ, **dirs, "CVMFS_EPHEMERAL_REPOSITORIES": FQRN}
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", "--port", str(port)],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if "mount -t cvmfs" in line:
+                break
+        text = "\n".join(lines)
+        base = f"http://127.0.0.1:{port}"
+        assert f"CVMFS_SERVER_URL={base}/cvmfs/@fqrn@" in text
+        assert f"CVMFS_PUBLIC_KEY=/etc/cvmfs/keys/{FQRN}.pub" in text
+        assert "CVMFS_HTTP_PROXY=DIRECT" in text
+        assert f"CVMFS_NOTIFICATION_SERVER={base}/api/v1" in text
+        assert f"curl -o /etc/cvmfs/keys/{FQRN}.pub {base}/cvmfs-meta/{FQRN}.pub" in text
+        manifest = Path(dirs["CVMFS_EPHEMERAL_DATA_DIR"], "public", FQRN, ".cvmfspublished")
+        assert manifest.is_file(), "serve creates a configured repository that did not exist"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_publish_a_tar_archive_and_refuse_a_malformed_one(tmp_path: Path, dirs: dict[str, str],
+                                                          server: str) -> None:
+    import tarfile
+
+    run("init", FQRN, env=dirs)
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "lib" / "x.so").write_bytes(b"\x7fELF" + bytes(range(256)))
+    archive = tmp_path / "build.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname=".")
+    run("publish", FQRN, str(archive), "--as", "from-tar", env=dirs)
+    pub = (Path(dirs["CVMFS_EPHEMERAL_KEYS_DIR"]) / f"{FQRN}.pub").read_bytes()
+    reader = RepoReader(f"{server}/cvmfs/{FQRN}", FQRN, pub)
+    assert compare_with_directory(reader, src, "from-tar") == []
+    manifest = Path(dirs["CVMFS_EPHEMERAL_DATA_DIR"], "public", FQRN, ".cvmfspublished")
+    before = manifest.read_bytes()
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"this is not a tar archive\n" * 40)
+    proc = run("publish", FQRN, str(bad), "--as", "bad", env=dirs, check=False)
+    assert proc.returncode == 2 and "not a readable tar archive" in proc.stderr
+    assert manifest.read_bytes() == before
