@@ -152,6 +152,11 @@ def test_stratum0_http_behaviour(dirs: dict[str, str], server: str) -> None:
             assert http.get(f"{base}/{escape}").status_code == 404, escape
         assert http.get(f"{server}/cvmfs-meta/{FQRN}.pub").content.startswith(
             b"-----BEGIN PUBLIC KEY-----")
+        # a decoy outside public/: a repository name of '..' must not reach it
+        decoy = Path(dirs["CVMFS_EPHEMERAL_DATA_DIR"]) / ".cvmfspublished"
+        decoy.write_bytes(b"private")
+        assert http.get(f"{server}/cvmfs/%2e%2e/.cvmfspublished").status_code == 404
+        assert http.get(f"{server}/cvmfs/..%2fpublic%2f{FQRN}/.cvmfspublished").status_code == 404
         assert http.get(f"{server}/cvmfs-meta/{FQRN}.key").status_code == 404
         assert http.get(f"{server}/cvmfs-meta/{FQRN}.masterkey").status_code == 404
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 
+from ..settings import FQRN_RE
+
 SIGNED_FILES = (".cvmfspublished", ".cvmfswhitelist", ".cvmfs_master_replica")
 OBJECT_RE = re.compile(r"^data/[0-9a-f]{2}/[0-9a-f]{38}[CPHXM]?$")
 META_RE = re.compile(r"^([a-z0-9][a-z0-9_.-]*)\.(pub|crt)$")
@@ -42,6 +44,8 @@ def _file(path: Path, media_type: str, cache: str) -> Response:
 
 def repository_file(data_dir: Path, fqrn: str, relpath: str) -> Response:
     """``GET|HEAD /cvmfs/<fqrn>/<relpath>``."""
+    if not FQRN_RE.match(fqrn):  # never let a path parameter walk out of public/
+        return PlainTextResponse("not found\n", status_code=404)
     base = Path(data_dir) / "public" / fqrn
     if relpath in SIGNED_FILES:
         return _file(base / relpath, "application/x-cvmfs", NO_CACHE)
