@@ -10,32 +10,13 @@ from typing import Optional
 
 import typer
 
+from .cli_common import DataDir, KeysDir
+from .cli_common import fail as _fail
+from .cli_common import load_settings as _settings
 from .settings import RepositoryConfig, Settings, describe_error, validate_fqrn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="cvmfs-ephemeral: a native CernVM-FS stratum 0 for short-lived artifacts.")
-
-
-def _settings(data_dir: Optional[Path], keys_dir: Optional[Path]) -> Settings:
-    overrides = {}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    if keys_dir is not None:
-        overrides["keys_dir"] = keys_dir
-    try:
-        return Settings(**overrides)
-    except ValueError as exc:
-        _fail(describe_error(exc), 2)
-        raise  # unreachable: _fail exits
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-DataDir = typer.Option(None, "--data-dir", help="data directory [env CVMFS_EPHEMERAL_DATA_DIR]")
-KeysDir = typer.Option(None, "--keys-dir", help="keys directory [env CVMFS_EPHEMERAL_KEYS_DIR]")
 
 
 def _repo_config(settings: Settings, fqrn: str) -> RepositoryConfig:

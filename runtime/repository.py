@@ -261,7 +261,6 @@ class Transaction:
         self.require_absent: set[str] = set()
         #: set by :meth:`remove_expired`: artifacts expiring at or before it are removed
         self.expired_before: float | None = None
-        self.bytes_staged = 0
         self.closed = False
         self._marker = repo.private_dir / "staging" / self.id
         self._marker.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +274,6 @@ class Transaction:
         entry = Entry(path=catalog_path(parts), mode=stat.S_IFREG | (mode & 0o7777),
                       mtime=mtime, size=content.size, digest=content.digest,
                       chunks=tuple(content.chunks), compressed=content.compressed)
-        self.bytes_staged += content.size
         self.ops.append(_Op("file", parts, entry))
 
     def add_file(self, path: str, source: bytes | BinaryIO | Iterable[bytes], *,
@@ -1091,19 +1089,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def open_repository(data_dir: Path, keys_dir: Path, config: RepositoryConfig,
-                    *, create: bool = False) -> Repository:
-    """Open (and with ``create`` initialise) a repository."""
-    repo = Repository(data_dir, keys_dir, config)
-    if create:
-        repo.init()
-    elif not repo.exists():
-        raise NotInitialized(f"repository {config.fqrn} does not exist in {data_dir}")
-    return repo
-
-
 __all__ = [
     "ArtifactExists", "ArtifactInfo", "ArtifactNotFound", "InvalidPath", "NotInitialized",
     "PublishResult", "Repository", "RepositoryError", "RepositoryLocked", "StagedFile",
-    "Transaction", "atomic_write", "open_repository", "split_path", "validate_artifact_name",
+    "Transaction", "atomic_write", "split_path", "validate_artifact_name",
 ]

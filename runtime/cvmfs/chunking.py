@@ -143,7 +143,6 @@ class FileWriter:
         self._offset = 0
         self._pending: list[tuple[int, int, Future]] = []
         self._inflight = ingester.inflight
-        self._closed = False
 
     @property
     def size(self) -> int:
@@ -197,7 +196,6 @@ class FileWriter:
 
     def close(self) -> FileContent:
         """Store the tail and wait for every chunk; return the file's catalog description."""
-        self._closed = True
         tail = self._take(self._buffered) if self._buffered else b""
         if not self._pending:
             obj = self._ing.store.put_content(tail, FILE, self._ing.compressed)
@@ -219,7 +217,6 @@ class FileWriter:
 
     def abort(self) -> None:
         """Drop buffered data and wait for in-flight chunks (their objects are left to gc)."""
-        self._closed = True
         self._pieces.clear()
         self._buffered = 0
         for _, _, fut in self._pending:

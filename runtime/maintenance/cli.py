@@ -16,27 +16,13 @@ from typing import Optional
 
 import typer
 
-from ..settings import Settings, describe_error, validate_fqrn
+from ..cli_common import DataDir, KeysDir
+from ..cli_common import fail as _fail
+from ..cli_common import load_settings as _settings
+from ..settings import Settings, validate_fqrn
 
-DataDir = typer.Option(None, "--data-dir", help="data directory [env CVMFS_EPHEMERAL_DATA_DIR]")
-KeysDir = typer.Option(None, "--keys-dir", help="keys directory [env CVMFS_EPHEMERAL_KEYS_DIR]")
 Url = typer.Option(None, "--url", help="call the admin routes of this upload service instead")
 Fqrn = typer.Argument(None, help="repository (default: all)")
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings(data_dir: Optional[Path], keys_dir: Optional[Path]) -> Settings:
-    overrides = {k: v for k, v in (("data_dir", data_dir), ("keys_dir", keys_dir))
-                 if v is not None}
-    try:
-        return Settings(**overrides)
-    except ValueError as exc:
-        _fail(describe_error(exc), 2)
-        raise  # unreachable: _fail exits
 
 
 def local_repositories(settings: Settings, fqrn: str | None) -> list:
