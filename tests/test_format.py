@@ -145,9 +145,11 @@ def test_objects_are_idempotent_and_repair_a_truncated_copy(tmp_path: Path) -> N
     assert store.put(b"payload") == obj
     assert path.stat().st_ino == inode, "an existing object is not rewritten"
     assert path.stat().st_mtime > 1, "reuse refreshes the mtime (gc keeps it)"
-    path.write_bytes(b"pay")  # what a crash on a reordering filesystem could leave
+    path.write_bytes(b"pay")  # what a writer killed mid-write leaves under the final name
+    short_inode = path.stat().st_ino
     store.put(b"payload")
     assert path.read_bytes() == b"payload"
+    assert path.stat().st_ino != short_inode, "a short copy is replaced by a rename, not patched"
     assert list(store.txn.iterdir()) == [], "no temp file is left behind"
     assert [(h, s) for h, s, _ in store.iter_objects()] == [(obj.hex, "")]
 

@@ -6,12 +6,13 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 
 import pytest
 import zstandard
 
-from runtime.repository import Repository
+from runtime.repository import InvalidPath, Repository
 from runtime.server.unpack import ArchiveError, ArtifactTooLarge, stage_archive
 from runtime.settings import RepositoryConfig
 from tests.uploadkit import leftovers, make_tar
@@ -85,7 +86,9 @@ def test_multi_frame_zstd_stream(repo):
 @pytest.mark.parametrize("bad, message", [
     ("../evil", "escapes the archive root"),
     ("ok/../../evil", "escapes the archive root"),
+    ("ok/..", "escapes the archive root"),
     ("/etc/passwd", "absolute path"),
+    ("/evil", "absolute path"),  # no directory part: still refused, not taken as 'evil'
 ])
 def test_members_escaping_the_root_are_refused(repo, bad, message):
     before = repo.manifest_bytes()
@@ -93,6 +96,48 @@ def test_members_escaping_the_root_are_refused(repo, bad, message):
         publish(repo, "art", make_tar([("fine.txt", "file", b"x"), (bad, "file", b"x")]))
     assert repo.manifest_bytes() == before and repo.artifacts() == []
     assert leftovers(repo) == []
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("d/bad\x01name", "control characters"),
+    ("d/.cvmfscatalog", "reserved"),
+    ("d/" + "x" * 256, "longer than 255 bytes"),
+    ("d\x7f/f", "control characters"),
+])
+def test_invalid_member_names_are_refused(repo, bad, message):
+    """Each directory of an archive is validated once and each name in it once; either way a
+    name the catalog cannot hold fails the upload and publishes nothing."""
+    before = repo.manifest_bytes()
+    with pytest.raises(InvalidPath, match=message):
+        publish(repo, "art", make_tar([("d/fine.txt", "file", b"x"), (bad, "file", b"x")]))
+    assert repo.manifest_bytes() == before and repo.artifacts() == []
+
+
+def test_member_names_are_normalised(repo):
+    publish(repo, "art", make_tar([("./a//b/./c.txt", "file", b"c"), ("a/b/d.txt", "file", b"d"),
+                                   ("./a/b/", "dir", None)]))
+    assert files_of(repo, "art") == {"": "dir", "a": "dir", "a/b": "dir", "a/b/c.txt": b"c",
+                                     "a/b/d.txt": b"d"}
+
+
+def test_gnu_sparse_member_is_read_with_its_holes(repo, tmp_path):
+    """Sparse members are the one kind whose bytes are not read straight from the stream."""
+    path = tmp_path / "src" / "sparse.bin"
+    path.parent.mkdir()
+    with open(path, "wb") as fh:
+        fh.write(b"head")
+        fh.seek(3 * 1024 * 1024)
+        fh.write(b"tail")
+    (tmp_path / "src" / "after.txt").write_bytes(b"after\n")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(archive), "-C",
+                    str(tmp_path / "src"), "sparse.bin", "after.txt"], check=True)
+    with tarfile.open(archive) as tar:
+        assert tar.getmember("sparse.bin").issparse(), "the fixture must really be sparse"
+    publish(repo, "art", archive.read_bytes())
+    files = files_of(repo, "art")
+    assert files["sparse.bin"] == b"head" + bytes(3 * 1024 * 1024 - 4) + b"tail"
+    assert files["after.txt"] == b"after\n"
 
 
 def test_hardlink_to_missing_target_is_refused(repo):

@@ -151,44 +151,6 @@ class BuiltCatalog:
     counters: Counters
 
 
-def entry_flags(entry: Entry) -> int:
-    """``flags`` of a row from its type and content (FORMAT.md §6.7)."""
-    if entry.is_dir:
-        flags = FLAG_DIR
-    elif entry.is_symlink:
-        flags = FLAG_FILE | FLAG_LINK
-    elif entry.is_regular:
-        flags = FLAG_FILE
-        if entry.chunks:
-            flags |= FLAG_CHUNKED
-        # algorithm bits 8-10 stay 0 for SHA-1; compression bits 11-13: 1 = none
-        if not entry.compressed:
-            flags |= FLAG_COMPRESSION_NONE
-    else:
-        flags = FLAG_FILE | FLAG_SPECIAL
-    if entry.hidden:
-        flags |= FLAG_HIDDEN
-    return flags
-
-
-def _count(counters: dict[str, int], entry: Entry) -> None:
-    if entry.is_dir:
-        counters["dir"] += 1
-    elif entry.is_symlink:
-        counters["symlink"] += 1
-    elif entry.is_regular:
-        counters["regular"] += 1
-        counters["file_size"] += entry.size
-        if entry.chunks:
-            counters["chunked"] += 1
-            counters["chunked_size"] += entry.size
-            counters["chunks"] += len(entry.chunks)
-    else:
-        counters["special"] += 1
-    if entry.xattr is not None:
-        counters["xattr"] += 1
-
-
 def build_catalog(
     entries: Iterable[Entry],
     *,
@@ -225,33 +187,52 @@ def build_catalog(
 
     counters = Counters()
     rows, chunk_rows = [], []
+    # one pass, with the entry kind taken once: this loop runs for every file of an upload
+    count = counters.self
     for e in entries:
-        md5_1, md5_2 = md5_pair(e.path)
-        if e.path == "":
-            parent = (0, 0)
-        else:
-            parent = md5_pair(parent_path(e.path))
-        flags = entry_flags(e)
-        if e.path in nested_paths:
-            flags |= FLAG_NESTED_MOUNTPOINT
-        if e.path == root_path and root_path != "":
-            flags |= FLAG_NESTED_ROOT
-        if e.is_dir:
-            linkcount = e.linkcount if e.linkcount is not None else 2 + subdirs.get(e.path, 0)
+        path = e.path
+        md5_1, md5_2 = md5_pair(path)
+        parent = md5_pair(path[: path.rfind("/")]) if path else (0, 0)
+        kind = stat.S_IFMT(e.mode)
+        if kind == stat.S_IFDIR:
+            flags, count["dir"] = FLAG_DIR, count["dir"] + 1
+            linkcount = e.linkcount if e.linkcount is not None else 2 + subdirs.get(path, 0)
             size, digest, symlink = e.size or DIR_SIZE, None, ""
-        elif e.is_symlink:
-            linkcount, digest, symlink = 1, None, e.symlink
-            size = len(e.symlink.encode("utf-8"))
-        elif e.is_regular:
+        elif kind == stat.S_IFREG:
+            flags, count["regular"] = FLAG_FILE, count["regular"] + 1
+            count["file_size"] += e.size
             linkcount, size, symlink = 1, e.size, ""
-            digest = None if e.chunks else e.digest
-            if digest is None and not e.chunks:
-                raise ValueError(f"regular file {e.path!r} has neither a hash nor chunks")
+            if e.chunks:
+                flags |= FLAG_CHUNKED
+                count["chunked"] += 1
+                count["chunked_size"] += e.size
+                count["chunks"] += len(e.chunks)
+                digest = None
+            elif e.digest is None:
+                raise ValueError(f"regular file {path!r} has neither a hash nor chunks")
+            else:
+                digest = e.digest
+            # algorithm bits 8-10 stay 0 for SHA-1; compression bits 11-13: 1 = none
+            if not e.compressed:
+                flags |= FLAG_COMPRESSION_NONE
+        elif kind == stat.S_IFLNK:
+            flags, count["symlink"] = FLAG_FILE | FLAG_LINK, count["symlink"] + 1
+            linkcount, digest, symlink = 1, None, e.symlink
+            size = len(symlink.encode("utf-8"))
         else:
+            flags, count["special"] = FLAG_FILE | FLAG_SPECIAL, count["special"] + 1
             linkcount, size, digest, symlink = 1, e.size, None, ""
-        _count(counters.self, e)
+        if e.hidden:
+            flags |= FLAG_HIDDEN
+        if e.xattr is not None:
+            count["xattr"] += 1
+        if path in nested_paths:
+            flags |= FLAG_NESTED_MOUNTPOINT
+        if path == root_path and root_path != "":
+            flags |= FLAG_NESTED_ROOT
         rows.append((md5_1, md5_2, parent[0], parent[1], linkcount, digest, size, e.mode,
-                     e.mtime, None, flags, e.name, symlink, e.uid, e.gid, e.xattr))
+                     e.mtime, None, flags, path[path.rfind("/") + 1:], symlink, e.uid, e.gid,
+                     e.xattr))
         for c in e.chunks:
             chunk_rows.append((md5_1, md5_2, c.offset, c.size, c.digest))
     counters.self["nested"] = len(nested)
