@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import stat
 import tracemalloc
@@ -152,6 +153,31 @@ def test_objects_are_idempotent_and_repair_a_truncated_copy(tmp_path: Path) -> N
     assert path.stat().st_ino != short_inode, "a short copy is replaced by a rename, not patched"
     assert list(store.txn.iterdir()) == [], "no temp file is left behind"
     assert [(h, s) for h, s, _ in store.iter_objects()] == [(obj.hex, "")]
+
+
+def test_an_object_given_as_pieces_is_the_same_object(tmp_path: Path, monkeypatch) -> None:
+    """Chunks reach the store as the pieces the upload arrived in (no join on the event loop);
+    the name and bytes must not depend on the split, and short ``writev`` calls must resume
+    exactly where the kernel stopped."""
+    store = ObjectStore(tmp_path)
+    store.create_skeleton()
+    data = bytes(range(256)) * 300
+    pieces = [data[:1000], b"", data[1000:1001], data[1001:50000], data[50000:]]
+    real_writev = os.writev
+
+    def short_writev(fd, buffers):  # the kernel may write less than asked: at most 777 bytes
+        first = next(bytes(b) for b in buffers if len(b))
+        return real_writev(fd, [first[:777]])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    obj = store.put(pieces)
+    monkeypatch.undo()
+    assert obj.hex == hashlib.sha1(data).hexdigest() and obj.stored_size == len(data)
+    assert store.read(obj.hex) == data
+    assert store.put(data) == obj
+    zipped = store.put_content(pieces, "P", compressed=True)
+    assert zipped == store.put_content(data, "P", compressed=True)
+    assert store.read_inflated(zipped.hex, "P") == data
 
 
 def chunk_sizes(content) -> list[int]:

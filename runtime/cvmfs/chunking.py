@@ -69,8 +69,9 @@ class Ingester:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def submit(self, data: bytes, suffix: str) -> Future:
-        """Store one object asynchronously (compress if configured, hash, write)."""
+    def submit(self, data: bytes | list[bytes], suffix: str) -> Future:
+        """Store one object, given whole or as pieces, asynchronously (compress if configured,
+        hash, write)."""
         return self._pool.submit(self.store.put_content, data, suffix, self.compressed)
 
     def open(self) -> "FileWriter":
@@ -148,13 +149,14 @@ class FileWriter:
     def size(self) -> int:
         return self._offset + self._buffered
 
-    def _take(self, size: int) -> bytes:
-        """Remove and return the first ``size`` buffered bytes."""
-        first = self._pieces[0]
-        if len(first) == size:
-            self._pieces.popleft()
-            self._buffered -= size
-            return first
+    def _take(self, size: int) -> list[bytes]:
+        """Remove and return the first ``size`` buffered bytes, as the pieces that hold them.
+
+        The pieces are not joined: the object store hashes and writes (``writev``) them as
+        they are. Joining them into one fresh 8 MiB buffer per chunk cost more than the copy
+        itself: the kernel faults in and zeroes new pages for each, which held the event loop
+        for ~0.65 s per GiB uploaded.
+        """
         parts, need = [], size
         while need:
             piece = self._pieces.popleft()
@@ -166,13 +168,13 @@ class FileWriter:
                 parts.append(piece)
                 need -= len(piece)
         self._buffered -= size
-        return b"".join(parts)
+        return parts
 
-    def _submit(self, data: bytes) -> None:
-        fut = self._ing.submit(data, PARTIAL)
+    def _submit(self, pieces: list[bytes], size: int) -> None:
+        fut = self._ing.submit(pieces, PARTIAL)
         fut.add_done_callback(lambda _f: self._inflight.release())
-        self._pending.append((self._offset, len(data), fut))
-        self._offset += len(data)
+        self._pending.append((self._offset, size, fut))
+        self._offset += size
 
     def _buffer(self, data: bytes) -> int:
         """Keep ``data``; return how many chunks can be cut (more than a chunk must follow)."""
@@ -183,26 +185,29 @@ class FileWriter:
 
     def write(self, data: bytes) -> None:
         """Buffer ``data``; cut and submit full chunks, blocking when too many are in flight."""
+        size = self._ing.chunk_size
         for _ in range(self._buffer(data)):
             self._inflight.acquire()
-            self._submit(self._take(self._ing.chunk_size))
+            self._submit(self._take(size), size)
 
     async def awrite(self, data: bytes) -> None:
         """Like :meth:`write`, but waits for pool capacity without blocking the event loop."""
+        size = self._ing.chunk_size
         for _ in range(self._buffer(data)):
             while not self._inflight.acquire(blocking=False):
                 await asyncio.sleep(0.002)
-            self._submit(self._take(self._ing.chunk_size))
+            self._submit(self._take(size), size)
 
     def close(self) -> FileContent:
         """Store the tail and wait for every chunk; return the file's catalog description."""
-        tail = self._take(self._buffered) if self._buffered else b""
+        tail_size = self._buffered
+        tail = self._take(tail_size)
         if not self._pending:
             obj = self._ing.store.put_content(tail, FILE, self._ing.compressed)
-            return FileContent(len(tail), self._ing.compressed, obj.digest, [], [obj])
-        if tail:
+            return FileContent(tail_size, self._ing.compressed, obj.digest, [], [obj])
+        if tail_size:
             self._inflight.acquire()
-            self._submit(tail)
+            self._submit(tail, tail_size)
         chunks, objects = [], []
         for offset, size, fut in self._pending:
             obj: StoredObject = fut.result()

@@ -30,7 +30,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence, Union
 
 #: Object suffixes (cvmfs/crypto/hash.h).
 FILE = ""
@@ -44,6 +44,16 @@ SUFFIXES = (FILE, CATALOG, PARTIAL, HISTORY, CERTIFICATE, METAINFO)
 HEX_LEN = 40  # SHA-1, the only algorithm this writer emits (flags bits 8-10 = 0)
 #: Objects at least this large start their writeback as soon as they are written.
 EARLY_WRITEBACK_BYTES = 1024 * 1024
+
+
+#: Bytes of an object, whole or as the pieces it arrived in (written with one ``writev``).
+Buffers = Union[bytes, Sequence[bytes]]
+#: Most buffers one ``writev`` takes (Linux ``IOV_MAX``).
+IOV_MAX = 1024
+
+
+def _pieces(payload: Buffers) -> Sequence[bytes]:
+    return (payload,) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
 
 
 def object_relpath(hex_digest: str, suffix: str = FILE) -> str:
@@ -115,15 +125,21 @@ class ObjectStore:
     def _tmp_name(self) -> str:
         return f"{self._txn_str}/{self._tag}.{threading.get_ident()}.{next(self._counter)}"
 
-    def put(self, payload: bytes, suffix: str = FILE) -> StoredObject:
-        """Store ``payload`` (the exact served bytes) under its SHA-1; idempotent.
+    def put(self, payload: Buffers, suffix: str = FILE) -> StoredObject:
+        """Store ``payload`` (the exact served bytes, whole or as pieces) under its SHA-1;
+        idempotent.
 
         An object that already exists with the right size is not rewritten; its mtime is
         refreshed so that a concurrent gc, which only collects objects older than its own start,
         cannot remove it between now and the publish that references it.
         """
-        hex_digest = hashlib.sha1(payload).hexdigest()
-        stored = StoredObject(hex_digest, suffix, len(payload))
+        pieces = _pieces(payload)
+        h = hashlib.sha1()
+        for piece in pieces:
+            h.update(piece)
+        hex_digest = h.hexdigest()
+        size = sum(map(len, pieces))
+        stored = StoredObject(hex_digest, suffix, size)
         # plain strings: this runs once per object, and pathlib costs more than the syscalls
         final = f"{self._data_str}/{hex_digest[:2]}/{hex_digest[2:]}{suffix}"
         for _attempt in range(3):
@@ -131,53 +147,69 @@ class ObjectStore:
                 fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 try:
-                    if os.stat(final).st_size == len(payload):
+                    if os.stat(final).st_size == size:
                         os.utime(final)
                         return stored
                 except FileNotFoundError:
                     continue  # gc took it meanwhile: create it again
-                self._replace(final, payload)  # a short copy (killed writer): never reused
+                self._replace(final, pieces)  # a short copy (killed writer): never reused
                 return stored
             except FileNotFoundError:
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 continue
-            self._write(fd, payload)
+            self._write(fd, pieces, size)
             return stored
         raise OSError(f"object {hex_digest}{suffix}: could not be created at {final}")
 
     @staticmethod
-    def _write(fd: int, payload: bytes) -> None:
-        """Write ``payload`` to ``fd`` and close it.
+    def _write(fd: int, pieces: Sequence[bytes], size: int) -> None:
+        """Write ``pieces`` (``size`` bytes) to ``fd`` with ``writev`` and close it.
 
         A failed write (disk full) leaves a short object, exactly like a killed writer: it is
         not removed here, because a concurrent ``put`` of the same content may already have
         replaced it with a complete copy under the same name.
         """
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            if len(payload) >= EARLY_WRITEBACK_BYTES:
+            views = [memoryview(p) for p in pieces if len(p)]
+            first = 0
+            while first < len(views):
+                done = os.writev(fd, views[first:first + IOV_MAX])
+                while done:  # drop what was written; a short write leaves part of a piece
+                    if done >= len(views[first]):
+                        done -= len(views[first])
+                        first += 1
+                    else:
+                        views[first] = views[first][done:]
+                        done = 0
+            if size >= EARLY_WRITEBACK_BYTES:
                 # Start writing this object to disk now, without waiting: the publish's one
                 # syncfs then finds little left to flush instead of the whole upload.
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
 
-    def _replace(self, final: str, payload: bytes) -> None:
-        """Atomically replace whatever is at ``final`` with ``payload`` (temp file + rename)."""
+    def _replace(self, final: str, pieces: Sequence[bytes]) -> None:
+        """Atomically replace whatever is at ``final`` with ``pieces`` (temp file + rename)."""
         tmp = self._tmp_name()
         try:
-            self._write(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), payload)
+            self._write(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), pieces,
+                        sum(map(len, pieces)))
             os.rename(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
 
-    def put_content(self, data: bytes, suffix: str, compressed: bool) -> StoredObject:
-        """Compress (zlib) or not, then :meth:`put`."""
-        return self.put(compress(data) if compressed else data, suffix)
+    def put_content(self, data: Buffers, suffix: str, compressed: bool) -> StoredObject:
+        """Compress (zlib) or not, then :meth:`put`.
+
+        Compressed content is joined first: zlib's output (and so the object's name) must not
+        depend on how the bytes happened to be split when they arrived.
+        """
+        if compressed:
+            pieces = _pieces(data)
+            return self.put(compress(pieces[0] if len(pieces) == 1 else b"".join(pieces)), suffix)
+        return self.put(data, suffix)
 
     def read(self, hex_digest: str, suffix: str = FILE) -> bytes:
         return self.path(hex_digest, suffix).read_bytes()
