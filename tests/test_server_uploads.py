@@ -248,6 +248,42 @@ def test_too_large_is_413_and_leaves_nothing(tmp_path):
         assert before[3] == []
 
 
+def test_full_disk_is_507_publishes_nothing_and_heals_once_space_returns(srv, client,
+                                                                          monkeypatch):
+    """ENOSPC while objects are written (the kernel's answer, raised where it would be): a
+    one-line 507, nothing published, no temp file. The short objects it leaves (like a killed
+    writer's) are never reused: the same uploads succeed once there is space, and read back."""
+    import errno
+    import os
+
+    repo = repo_of(srv)
+    before = snapshot(repo)
+    tar = make_tar([("a.txt", "file", b"alpha" * 100), ("d/b.txt", "file", b"beta" * 100)])
+
+    def no_space(fd, buffers):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "writev", no_space)
+    plain = client.put(f"/repos/{FQRN}/full", content=b"payload" * 1000)
+    unpacked = client.put(f"/repos/{FQRN}/fulltar", params={"unpack": "true"}, content=tar)
+    monkeypatch.undo()
+    for r in (plain, unpacked):
+        assert r.status_code == 507, r.text
+        assert r.json()["detail"].startswith("the server's storage is full")
+        assert "/" not in r.json()["detail"], "no server paths in the message"
+    after = snapshot(repo)
+    assert after[:2] == before[:2] and after[3] == [], "nothing published, no temp files"
+
+    assert client.put(f"/repos/{FQRN}/full", content=b"payload" * 1000).status_code == 200
+    assert client.put(f"/repos/{FQRN}/fulltar", params={"unpack": "true"},
+                      content=tar).status_code == 200
+    pub = (srv.settings.keys_dir / f"{FQRN}.pub").read_bytes()
+    with RepoReader(f"{srv.url}/cvmfs/{FQRN}", FQRN, pub) as reader:
+        assert reader.read_file("/full") == b"payload" * 1000
+        assert reader.read_file("/fulltar/d/b.txt") == b"beta" * 100
+        reader.check()
+
+
 def test_client_disconnect_mid_upload_leaves_nothing(srv):
     repo = repo_of(srv)
     before = snapshot(repo)

@@ -40,6 +40,7 @@ from ..settings import Settings
 from . import admin, stratum0, uploads
 from .auth import Authorizer, load_tokens
 from .metrics import Metrics
+from .uploads import storage_full
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        if storage_full(exc):
+            log.error("%s %s: the storage is full", request.method, request.url.path)
+            return JSONResponse({"detail": "the server's storage is full (no space left on "
+                                           "device)"}, status_code=507)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import logging
 import time
 import urllib.parse
@@ -62,7 +63,17 @@ _STATUS: list[tuple[type[BaseException], int]] = [
 ]
 
 
+def storage_full(exc: BaseException) -> bool:
+    """The server's disk (or quota) is full: the client may retry later, elsewhere (507)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+STORAGE_FULL = "the server's storage is full (no space left on device); nothing was published"
+
+
 def status_for(exc: BaseException) -> int:
+    if storage_full(exc):
+        return 507
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             return status
@@ -320,20 +331,22 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
         return Response(status_code=499)
     except BaseException as exc:
         tx.abort()
-        if not isinstance(exc, (RepositoryError, HTTPException)):
+        if not isinstance(exc, (RepositoryError, HTTPException)) and not storage_full(exc):
             raise
         await _drain(raw_stream, DRAIN_LIMIT)
         service.metrics.uploads.labels(fqrn, "refused").inc()
         if isinstance(exc, HTTPException):
             raise
-        return error(status_for(exc), str(exc))
+        return error(status_for(exc), STORAGE_FULL if storage_full(exc) else str(exc))
     upload_time = time.perf_counter() - started
 
     try:
         result = await service.committers[fqrn].commit(tx)
-    except RepositoryError as exc:
+    except (RepositoryError, OSError) as exc:
+        if not isinstance(exc, RepositoryError) and not storage_full(exc):
+            raise
         service.metrics.uploads.labels(fqrn, "refused").inc()
-        return error(status_for(exc), str(exc))
+        return error(status_for(exc), STORAGE_FULL if storage_full(exc) else str(exc))
     service.metrics.uploads.labels(fqrn, "published").inc()
     service.metrics.upload_bytes.labels(fqrn).inc(count.total)
     info = repo.artifact(name)
