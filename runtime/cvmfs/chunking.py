@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable
 
+from .batches import BatchWriter
 from .objects import FILE, PARTIAL, ObjectStore, StoredObject
 
 #: Pieces read from file objects; large enough to amortise syscalls, small enough to stream.
@@ -55,13 +56,16 @@ class Ingester:
     """A shared thread pool that stores file content into one object store."""
 
     def __init__(self, store: ObjectStore, *, compressed: bool, chunk_size: int,
-                 workers: int | None = None, max_inflight: int | None = None):
+                 workers: int | None = None, max_inflight: int | None = None,
+                 batch_helpers: bool = True):
         self.store = store
         self.compressed = compressed
         self.chunk_size = chunk_size
         self.workers = workers or max(2, os.cpu_count() or 2)
         self.max_inflight = max_inflight or self.workers + 2
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ingest")
+        #: Small files from archives go to a helper process (see :mod:`.batches`).
+        self.batches = BatchWriter(store, compressed, self._pool, batch_helpers)
         #: Chunks handed to the pool and not yet stored, across every file being written:
         #: concurrent uploads share it, so memory stays bounded however many run at once.
         self.inflight = threading.Semaphore(self.max_inflight)
@@ -99,13 +103,24 @@ class Ingester:
             raise
 
     def ingest_batch(self, blobs: list[bytes]) -> Future:
-        """Store several small files (each at most one chunk) in one pool task.
+        """Store several small files (each at most one chunk) as one task of a helper process.
 
         Handing each tiny file to a thread costs more than storing it (futures, locks, GIL
-        hand-offs); a batch pays that once. The future yields one :class:`FileContent` per
+        hand-offs); a batch pays that once, and in a helper process its writes overlap with
+        the caller's parsing (:mod:`.batches`). The future yields one :class:`FileContent` per
         blob, in order.
         """
-        return self._pool.submit(self._store_blobs, blobs)
+        for data in blobs:
+            if len(data) > self.chunk_size:
+                raise ValueError("a batched file must fit in one chunk")
+        compressed = self.compressed
+
+        def contents(stored: list[tuple[str, int]]) -> list[FileContent]:
+            return [FileContent(len(data), compressed, bytes.fromhex(h), [],
+                                [StoredObject(h, FILE, n)])
+                    for data, (h, n) in zip(blobs, stored)]
+
+        return self.batches.submit(blobs, contents)
 
     def ingest_files(self, paths: list[str]) -> Future:
         """Like :meth:`ingest_batch` for local files, read on the worker too."""

@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from ..cvmfs import batches
 from ..gateway import routes as gateway_routes
 from ..gateway.hub import Hub
 from ..gateway.notifier import HttpNotifier, LocalNotifier, Notifier
@@ -116,6 +117,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if hub is not None:
             hub.loop = asyncio.get_running_loop()
+        if repositories:
+            # the first tarball upload should not wait for the object-writing helper to start
+            await asyncio.to_thread(batches.start_helpers)
         try:
             yield
         finally:
@@ -126,6 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.to_thread(notifier.close)
             for repo in repositories.values():
                 repo.close()
+            if repositories:
+                await asyncio.to_thread(batches.stop_helpers)
 
     app = FastAPI(title="cvmfs-ephemeral", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
