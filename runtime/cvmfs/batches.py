@@ -78,10 +78,12 @@ class _Helpers:
         self.unavailable = True
 
     def give_up(self, pool: ProcessPoolExecutor, exc: BaseException) -> None:
-        """A helper could not even be started: threads from now on, said once."""
+        """``pool`` refused a batch. If it is still the current pool, no helper can be started
+        here: threads from now on, said once. If it was stopped meanwhile (a server shutting
+        down), only this batch goes to threads."""
         with self.lock:
-            self._give_up_locked(exc)
             if self.pool is pool:
+                self._give_up_locked(exc)
                 self.pool = None
         pool.shutdown(wait=False)
 
