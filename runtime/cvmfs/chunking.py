@@ -147,9 +147,9 @@ class Ingester:
 class FileWriter:
     """Push-style writer for one file; see the module docstring for the chunking rule.
 
-    Incoming pieces are kept as they arrive and joined once per chunk (one copy); a piece that
-    is exactly one chunk long, as :meth:`Ingester.ingest` reads from files, is handed to the
-    pool without any copy.
+    Incoming pieces are kept as they arrive and a chunk is handed to the pool as the list of
+    pieces that make it up (only a piece that straddles a chunk boundary is split), so bytes
+    are copied once, by the ``writev`` that stores them.
     """
 
     def __init__(self, ingester: Ingester):
