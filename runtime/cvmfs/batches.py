@@ -38,18 +38,24 @@ T = TypeVar("T")
 _stores: dict[str, ObjectStore] = {}
 
 
-def store_batch(root: str, compressed: bool, blobs: list[bytes]) -> list[tuple[str, int]]:
-    """In the helper: store each blob as a whole-file object; ``(hex, stored size)`` each."""
-    if not blobs:
-        return []
-    store = _stores.get(root)
-    if store is None:
-        store = _stores[root] = ObjectStore(Path(root))
+def store_blobs(store: ObjectStore, compressed: bool,
+                blobs: list[bytes]) -> list[tuple[str, int]]:
+    """Store each blob as a whole-file object; ``(hex, stored size)`` each, in order."""
     out = []
     for data in blobs:
         obj = store.put_content(data, FILE, compressed)
         out.append((obj.hex, obj.stored_size))
     return out
+
+
+def store_batch(root: str, compressed: bool, blobs: list[bytes]) -> list[tuple[str, int]]:
+    """In the helper: :func:`store_blobs` into the store at ``root`` (opened once)."""
+    if not blobs:
+        return []
+    store = _stores.get(root)
+    if store is None:
+        store = _stores[root] = ObjectStore(Path(root))
+    return store_blobs(store, compressed, blobs)
 
 
 class _Helpers:
@@ -146,7 +152,7 @@ class BatchWriter:
         root = str(self.store.root)
 
         def run_locally() -> None:
-            inner = self.threads.submit(store_batch, root, self.compressed, blobs)
+            inner = self.threads.submit(store_blobs, self.store, self.compressed, blobs)
             inner.add_done_callback(lambda f: _relay(f, out, convert))
 
         pool = _helpers.get() if self.use_helpers else None

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable
 
-from .batches import BatchWriter
+from .batches import BatchWriter, store_blobs
 from .objects import FILE, PARTIAL, ObjectStore, StoredObject
 
 #: Pieces read from file objects; large enough to amortise syscalls, small enough to stream.
@@ -110,30 +110,22 @@ class Ingester:
         the caller's parsing (:mod:`.batches`). The future yields one :class:`FileContent` per
         blob, in order.
         """
-        for data in blobs:
-            if len(data) > self.chunk_size:
-                raise ValueError("a batched file must fit in one chunk")
-        compressed = self.compressed
-
-        def contents(stored: list[tuple[str, int]]) -> list[FileContent]:
-            return [FileContent(len(data), compressed, bytes.fromhex(h), [],
-                                [StoredObject(h, FILE, n)])
-                    for data, (h, n) in zip(blobs, stored)]
-
-        return self.batches.submit(blobs, contents)
+        self._check_batch(blobs)
+        return self.batches.submit(blobs, lambda stored: self._contents(blobs, stored))
 
     def ingest_files(self, paths: list[str]) -> Future:
         """Like :meth:`ingest_batch` for local files, read on the worker too."""
         return self._pool.submit(self._store_files, paths)
 
-    def _store_blobs(self, blobs: list[bytes]) -> list[FileContent]:
-        out = []
+    def _check_batch(self, blobs: list[bytes]) -> None:
         for data in blobs:
             if len(data) > self.chunk_size:
                 raise ValueError("a batched file must fit in one chunk")
-            obj = self.store.put_content(data, FILE, self.compressed)
-            out.append(FileContent(len(data), self.compressed, obj.digest, [], [obj]))
-        return out
+
+    def _contents(self, blobs: list[bytes], stored: list[tuple[str, int]]) -> list[FileContent]:
+        """What the catalog needs of each batched blob, from its ``(hex, stored size)``."""
+        return [FileContent(len(data), self.compressed, bytes.fromhex(h), [],
+                            [StoredObject(h, FILE, n)]) for data, (h, n) in zip(blobs, stored)]
 
     def _store_files(self, paths: list[str]) -> list[FileContent]:
         blobs = []
@@ -141,7 +133,8 @@ class Ingester:
             with open(path, "rb") as fh:
                 # read() sizes its buffer from fstat; read(n) would allocate n bytes per file
                 blobs.append(fh.read())
-        return self._store_blobs(blobs)
+        self._check_batch(blobs)
+        return self._contents(blobs, store_blobs(self.store, self.compressed, blobs))
 
 
 class FileWriter:

@@ -152,7 +152,7 @@ class ObjectStore:
                         return stored
                 except FileNotFoundError:
                     continue  # gc took it meanwhile: create it again
-                self._replace(final, pieces)  # a short copy (killed writer): never reused
+                self._replace(final, pieces, size)  # a short copy (killed writer): never reused
                 return stored
             except FileNotFoundError:
                 os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -188,12 +188,11 @@ class ObjectStore:
         finally:
             os.close(fd)
 
-    def _replace(self, final: str, pieces: Sequence[bytes]) -> None:
+    def _replace(self, final: str, pieces: Sequence[bytes], size: int) -> None:
         """Atomically replace whatever is at ``final`` with ``pieces`` (temp file + rename)."""
         tmp = self._tmp_name()
         try:
-            self._write(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), pieces,
-                        sum(map(len, pieces)))
+            self._write(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), pieces, size)
             os.rename(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
