@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "cvmfs" / "reference"
+from tests.conftest import REFERENCE_DIR
 
 _tmpdir: Path | None = None
 

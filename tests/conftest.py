@@ -1,7 +1,7 @@
 """Shared fixtures: the real cvmfs_server reference repositories, served over loopback HTTP.
 
-``shared/`` sits beside the repository checkout (``/work/main`` and ``/work/shared`` here;
-CI clones with ``shared/`` beside the clone), so it is located relative to this file.
+The reference repositories live in the repository itself (``tests/fixtures/cvmfs-reference``,
+see its README for how they were made), so the suite runs from any clone in any directory.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import pytest
 from tests.cvmfs_reader import RepoReader
 from tests.httpserve import serve_directory
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REFERENCE_DIR = SHARED / "cvmfs" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parent / "fixtures" / "cvmfs-reference"
 REFERENCE_FQRNS = ("zlib.ref.test", "none.ref.test")
 
 #: The reference whitelists expire 2026-12-28 17:00 UTC (hour granularity); tests of the
@@ -63,8 +62,7 @@ class ReferenceRepo:
 
 def _require_reference() -> None:
     if not REFERENCE_DIR.is_dir():
-        pytest.fail(f"reference fixtures not found at {REFERENCE_DIR}: shared/ must sit beside "
-                    f"the repository checkout")
+        pytest.fail(f"reference fixtures not found at {REFERENCE_DIR}: the checkout is incomplete")
 
 
 def _make_writable(root: Path) -> None:

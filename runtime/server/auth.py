@@ -22,6 +22,8 @@ from ..settings import Settings
 class Token:
     secret: str
     repository: str | None  # None: every repository
+    #: What logs and provenance name this token by; never the secret.
+    label: str = "token"
 
 
 def load_tokens(settings: Settings) -> list[Token]:
@@ -31,13 +33,14 @@ def load_tokens(settings: Settings) -> list[Token]:
         item = item.strip()
         if item:
             secret, _, scope = item.partition(":")
-            out.append(Token(secret, scope or None))
+            out.append(Token(secret, scope or None, f"env-{len(out) + 1}"))
     if settings.tokens_file is not None:
         for line in Path(settings.tokens_file).read_text().splitlines():
             line = line.split("#", 1)[0].strip()
             if line:
                 parts = line.split()
-                out.append(Token(parts[0], parts[1] if len(parts) > 1 else None))
+                out.append(Token(parts[0], parts[1] if len(parts) > 1 else None,
+                                 f"file-{len(out) + 1}"))
     return out
 
 
