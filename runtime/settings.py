@@ -119,6 +119,19 @@ class Settings(BaseSettings):
     scheduler: bool = True
     log_level: str = "info"
 
+    # --- notification gateway (runtime/gateway/) ---
+    #: Seconds between keep-alives on an idle notification stream (the current message sent
+    #: again; the CVMFS subscriber ignores a revision it already has). Below the 30 s idle
+    #: timeout of common load balancers; 0 disables.
+    gateway_keepalive_s: float = Field(20.0, ge=0)
+    #: A subscriber whose stream cannot take a new event within this many seconds (it stopped
+    #: reading and its buffers are full) is disconnected; it reconnects and gets the latest.
+    gateway_send_timeout_s: float = Field(10.0, gt=0)
+    #: Bytes a subscriber may have unread: kernel send buffer and in-process write buffer each.
+    gateway_subscriber_buffer_bytes: int = Field(64 * 1024, ge=4096, le=16 * 1024 * 1024)
+    #: Split layout: re-read the stratum 0's manifest at most this often (on new subscriptions).
+    gateway_refresh_s: float = Field(5.0, ge=0)
+
     @field_validator("repositories", mode="before")
     @classmethod
     def _repos(cls, v: Any) -> list[RepositoryConfig]:

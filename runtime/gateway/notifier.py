@@ -102,7 +102,7 @@ class HttpNotifier:
 
     def _post(self, client: httpx.Client, fqrn: str, blob: bytes) -> bool | None:
         """True: delivered; False: refused for good (4xx); None: retry later."""
-        msg = messages.make(fqrn, blob)
+        msg = messages.canonical(fqrn, blob)
         try:
             resp = client.post(self.url, content=msg.raw, headers={
                 "Content-Type": "application/x-www-form-urlencoded",

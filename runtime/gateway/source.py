@@ -21,6 +21,9 @@ from ..settings import Settings, validate_fqrn
 
 log = logging.getLogger(__name__)
 
+#: Far above any real manifest (~1 KB), far below anything that could hurt.
+MAX_MANIFEST = 64 * 1024
+
 
 class ManifestSource:
     """Certificates and current manifests of the repositories a gateway serves."""
@@ -65,24 +68,33 @@ class ManifestSource:
             return None
 
     async def remote_manifest(self, fqrn: str) -> bytes | None:
-        """``.cvmfspublished`` fetched from the stratum 0 and verified, or None."""
-        if not self.stratum0_url:
-            return None
+        """``.cvmfspublished`` fetched from the stratum 0 and verified, or None.
+
+        Bounded like a publish body (a manifest is ~1 KB), and never trusted unverified: a
+        gateway without the repository's certificate has nothing to check it against.
+        """
         cert = self.certificate(fqrn)
+        if not self.stratum0_url or cert is None:
+            return None
         url = f"{self.stratum0_url}/{fqrn}/.cvmfspublished"
         try:
             async with httpx.AsyncClient(timeout=5.0) as client:
-                resp = await client.get(url)
+                async with client.stream("GET", url) as resp:
+                    if resp.status_code != 200:
+                        log.warning("GET %s answered %d", url, resp.status_code)
+                        return None
+                    body = bytearray()
+                    async for piece in resp.aiter_bytes():
+                        body += piece
+                        if len(body) > MAX_MANIFEST:
+                            log.warning("%s is larger than %d bytes", url, MAX_MANIFEST)
+                            return None
         except httpx.HTTPError as exc:
             log.warning("cannot fetch %s: %s", url, exc)
             return None
-        if resp.status_code != 200:
-            log.warning("GET %s answered %d", url, resp.status_code)
+        try:
+            manifest_mod.verify(bytes(body), cert, fqrn)
+        except manifest_mod.ManifestError as exc:
+            log.warning("manifest at %s does not verify: %s", url, exc)
             return None
-        if cert is not None:
-            try:
-                manifest_mod.verify(resp.content, cert, fqrn)
-            except manifest_mod.ManifestError as exc:
-                log.warning("manifest at %s does not verify: %s", url, exc)
-                return None
-        return resp.content
+        return bytes(body)

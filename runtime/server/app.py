@@ -35,7 +35,6 @@ from ..cvmfs import batches
 from ..gateway import routes as gateway_routes
 from ..gateway.hub import Hub
 from ..gateway.notifier import HttpNotifier, LocalNotifier, Notifier
-from ..gateway.source import ManifestSource
 from ..repository import Repository
 from ..settings import Settings
 from . import admin, stratum0, uploads
@@ -101,13 +100,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings) -> FastAPI:
     writes = settings.role in ("all", "upload")
     repositories = open_repositories(settings) if writes else {}
-    hub = Hub(ManifestSource(settings)) if settings.role in ("all", "gateway") else None
+    hub = Hub.from_settings(settings) if settings.role in ("all", "gateway") else None
     notifier = _make_notifier(settings, hub) if writes else None
     metrics = Metrics(repositories, hub.subscriber_counts if hub is not None else None)
     authorizer = Authorizer(load_tokens(settings))
     service = uploads.UploadService(settings, repositories, authorizer, metrics, hub=hub,
                                     notifier=notifier)
     if hub is not None:
+        hub.instrument(metrics.registry)
         hub.pushed.append(lambda fqrn, _rev: metrics.notifications.labels(fqrn).inc())
     if notifier is not None:
         for fqrn, repo in repositories.items():
