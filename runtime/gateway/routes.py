@@ -173,13 +173,18 @@ class SubscribeEndpoint:
             event, accepted_at = sub.take()
             if event is None:
                 continue
-            try:
-                async with asyncio.timeout(self.hub.send_timeout_s):
-                    await send({"type": "http.response.body", "body": event,
-                                "more_body": True})
-            except TimeoutError:
-                await self._drop(sub, transport, gone)
-                return
+            message = {"type": "http.response.body", "body": event, "more_body": True}
+            if transport is not None and not transport.get_write_buffer_size():
+                # the kernel took everything so far: this write cannot block (the common
+                # case, kept free of a timer per subscriber and event)
+                await send(message)
+            else:
+                try:
+                    async with asyncio.timeout(self.hub.send_timeout_s):
+                        await send(message)
+                except TimeoutError:
+                    await self._drop(sub, transport, gone)
+                    return
             now = time.monotonic()
             sub.last_sent = now
             if accepted_at is not None and metrics is not None:
