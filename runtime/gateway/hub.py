@@ -66,9 +66,17 @@ class Subscriber:
 
     ``pending_at`` is when the pending revision was accepted (None for a keep-alive or the
     message a new stream starts with), for the delivery-latency histogram.
+
+    ``transport``, when the server lets us have it (``routes.py``), is the connection itself: an
+    event for a stream whose task is asleep, with nothing pending and nothing unsent, is written
+    straight to it as a ready-made HTTP chunk. That is the common case, and it costs one socket
+    write instead of waking a task that goes through the whole ASGI send chain, which nearly
+    halves the CPU a publish to 10,000 subscribers takes. Everything else (a backed-up socket,
+    a stream already sending) goes through the pending slot and the stream's task, in order.
     """
 
-    __slots__ = ("fqrn", "pending", "pending_at", "last_sent", "closed", "_waiter")
+    __slots__ = ("fqrn", "pending", "pending_at", "last_sent", "closed", "transport",
+                 "_waiter")
 
     def __init__(self, fqrn: str):
         self.fqrn = fqrn
@@ -76,12 +84,23 @@ class Subscriber:
         self.pending_at: float | None = None
         self.last_sent = time.monotonic()
         self.closed = False
+        self.transport: asyncio.WriteTransport | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def offer(self, event: bytes, accepted_at: float | None = None) -> None:
+    def offer(self, event: bytes, accepted_at: float | None = None,
+              chunk: bytes | None = None) -> bool:
+        """Hand over an event; True if it was written to the socket right away."""
+        transport, waiter = self.transport, self._waiter
+        if (chunk is not None and transport is not None and self.pending is None
+                and waiter is not None and not waiter.done()
+                and not transport.get_write_buffer_size() and not transport.is_closing()):
+            transport.write(chunk)
+            self.last_sent = time.monotonic()
+            return True
         self.pending = event
         self.pending_at = accepted_at
         self._wake()
+        return False
 
     def close(self) -> None:
         self.closed = True
@@ -226,9 +245,9 @@ class Hub:
         """Push the current message again to every subscriber (``/repos/<fqrn>/notify``)."""
         msg = await self.current(fqrn)
         if msg is not None:
-            event = msg.event()
+            event, chunk = msg.event(), msg.chunk()
             for sub in list(self._subs.get(fqrn, ())):
-                sub.offer(event)
+                sub.offer(event, None, chunk)
         return msg
 
     def _accept(self, msg: messages.Message) -> bool:
@@ -239,9 +258,11 @@ class Hub:
             return False
         self._last[msg.repository] = msg
         accepted_at = time.monotonic()
-        event = msg.event()
+        event, chunk = msg.event(), msg.chunk()
+        observe = self.metrics.delivery_seconds.observe if self.metrics is not None else None
         for sub in list(self._subs.get(msg.repository, ())):
-            sub.offer(event, accepted_at)
+            if sub.offer(event, accepted_at, chunk) and observe is not None:
+                observe(sub.last_sent - accepted_at)
         for hook in self.pushed:
             hook(msg.repository, msg.revision)
         return True
@@ -277,10 +298,10 @@ class Hub:
                 msg = self._last.get(fqrn)
                 if msg is None:
                     continue
-                event = msg.event()
+                event, chunk = msg.event(), msg.chunk()
                 for sub in list(subs):
                     if sub.pending is None and sub.last_sent <= quiet_since:
-                        sub.offer(event)
+                        sub.offer(event, None, chunk)
 
     def close(self) -> None:
         """Server shutdown: end every stream with an error so clients reconnect elsewhere."""

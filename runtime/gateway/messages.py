@@ -55,6 +55,12 @@ class Message:
         """The SSE frame: ``data: <json>`` LF LF (sent in one write, one HTTP chunk)."""
         return self._event or b"data: " + self.raw + b"\n\n"
 
+    def chunk(self) -> bytes:
+        """The event framed as one HTTP/1.1 chunk (``<hex size>`` CRLF event CRLF), byte for
+        byte what the server writes for a body part: ready to be written to many sockets."""
+        event = self.event()
+        return b"%x\r\n%s\r\n" % (len(event), event)
+
 
 def canonical(fqrn: str, manifest_blob: bytes) -> Message:
     """The message for a manifest, byte-for-byte as ``cvmfs_swissknife notify -p`` writes one,

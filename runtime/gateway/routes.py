@@ -116,6 +116,12 @@ def _transport_of(receive: Receive) -> Any:
     return None
 
 
+def _chunked(receive: Receive) -> bool:
+    """Whether uvicorn frames this response as HTTP/1.1 chunks (it does for an open-ended
+    body); only then may chunks be written to the transport beside it."""
+    return getattr(getattr(receive, "__self__", None), "chunked_encoding", None) is True
+
+
 def _bound_buffers(transport: Any, limit: int) -> None:
     """Cap what one subscriber can have unread: the kernel's send buffer and ours."""
     transport.set_write_buffer_limits(high=limit)
@@ -155,6 +161,8 @@ class SubscribeEndpoint:
         gone.add_done_callback(lambda _f: sub.close())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            if transport is not None and _chunked(receive):
+                sub.transport = transport  # the hub may write ready-made chunks (hub.py)
             current = await self.hub.current(fqrn)
             if current is not None and sub.pending is None:
                 sub.offer(current.event())
