@@ -69,6 +69,14 @@ def test_hostile_json_is_a_clear_400(gateway, body, fragment):
     assert r.status_code == 400 and fragment in r.json()["detail"]
 
 
+def test_bodies_built_to_make_a_parser_backtrack_are_refused_quickly(gateway):
+    """Bounded in time as well as size: escaped quotes that a naive string regex rescans from
+    every position, and 30,000 sibling arrays (timeout 5 s on the client)."""
+    for body in (b'"' + b'\\"' * 30000, b"[" + b"[]," * 20000 + b"[]]"):
+        r = httpx.post(gateway.url + PUBLISH, content=body, timeout=5)
+        assert r.status_code == 400
+
+
 def test_oversized_body_is_413(gateway):
     r = httpx.post(gateway.url + PUBLISH, content=b" " * (64 * 1024 + 1))
     assert r.status_code == 413 and "larger than 65536" in r.json()["detail"]

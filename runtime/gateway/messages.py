@@ -35,7 +35,9 @@ MAX_SUBSCRIBE_BODY = 4 * 1024
 #: Both messages are flat objects (depth 1); anything deeper than this is not one of them.
 MAX_DEPTH = 8
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+#: A string, or an unterminated one running to the end: the optional closing quote means the
+#: match never fails, so the regex never backtracks and a scan is linear in the body size.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
 
@@ -74,16 +76,21 @@ def canonical(fqrn: str, manifest_blob: bytes) -> Message:
     return Message(fqrn, manifest_blob, parsed.revision, raw, b"data: " + raw + b"\n\n")
 
 
-def _depth(body: bytes) -> int:
-    """Maximum bracket nesting outside strings, without recursing (so it cannot overflow)."""
-    depth = deepest = 0
-    for m in _BRACKET.finditer(_STRING.sub(b'""', body)):
+def _depth_exceeds(body: bytes, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit`` (linear, no recursion, so
+    neither a deep nor a quote-laden body can make it slow or overflow)."""
+    outside = _STRING.sub(b"", body)
+    if outside.count(b"[") + outside.count(b"{") <= limit:
+        return False  # every real message: one object
+    depth = 0
+    for m in _BRACKET.finditer(outside):
         if m.group() in (b"[", b"{"):
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > limit:
+                return True
         else:
             depth -= 1
-    return deepest
+    return False
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -103,7 +110,7 @@ def load_strict(body: bytes, limit: int) -> Any:
     """RFC 8259 JSON only: bounded size and depth, unique keys, no NaN/Infinity."""
     if len(body) > limit:
         raise MessageError(f"body larger than {limit} bytes")
-    if _depth(body) > MAX_DEPTH:
+    if _depth_exceeds(body, MAX_DEPTH):
         raise MessageError(f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         return json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
