@@ -147,6 +147,7 @@ class Hub:
         self._remote_at: dict[str, float] = {}
         self._remote_task: dict[str, asyncio.Task[bytes | None]] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.metrics: GatewayMetrics | None = None
@@ -203,7 +204,9 @@ class Hub:
             if blob is not None:
                 self._accept(messages.canonical(fqrn, blob))
 
-        asyncio.ensure_future(refresh())
+        task = asyncio.ensure_future(refresh())
+        self._background.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._background.discard)
 
     # -- accepting messages ------------------------------------------------------------------
     async def publish(self, req: messages.PublishRequest) -> PublishOutcome:
