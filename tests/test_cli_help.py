@@ -153,6 +153,9 @@ def test_a_409_says_to_pass_overwrite(tmp_path: Path) -> None:
         assert invoke(*args, env={"CVMFS_EPHEMERAL_TOKEN": TOKEN}).exit_code == 0
         res = invoke(*args, env={"CVMFS_EPHEMERAL_TOKEN": TOKEN})
         assert res.exit_code == 1 and "409" in res.stderr
+        refused = httpx.put(f"{srv.url}/repos/{FQRN}/a.txt", content=b"a",
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+        assert refused.status_code == 409 and refused.content.endswith(b"}\n")
         assert "--overwrite" in res.stderr and "overwrite=true" not in res.stderr
         res = invoke(*args, "--json", "--overwrite", env={"CVMFS_EPHEMERAL_TOKEN": TOKEN})
         assert res.exit_code == 0 and res.stdout.endswith("}\n")
@@ -164,6 +167,7 @@ def test_health_and_metrics_report_the_version(tmp_path: Path) -> None:
         health = httpx.get(f"{srv.url}/healthz")
         metrics = httpx.get(f"{srv.url}/metrics").text
     assert health.json()["version"] == __version__
+    assert health.content.endswith(b"}\n")  # curl users get their prompt on a line of its own
     assert f'cvmfs_ephemeral_build_info{{version="{__version__}"}} 1.0' in metrics
 
 
