@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 #: fqrn rule: at least two dot-separated labels (the client splits it into organisation and
-#: domain, FORMAT.md "Conventions"), each a DNS-like label; lowercase, digits, '-' and '_'.
+#: domain, docs/cvmfs-format.md "Conventions"), each a DNS-like label; lowercase, digits, '-' and '_'.
 FQRN_RE = re.compile(r"^(?=.{3,253}$)[a-z0-9]([a-z0-9_-]{0,62})(\.[a-z0-9]([a-z0-9_-]{0,62}))+$")
 
 Compression = Literal["none", "zlib"]

@@ -1,5 +1,5 @@
 """``python -m runtime`` init/publish/info/verify/serve, run as a user would, and the stratum-0
-HTTP behaviour of ``serve`` (FORMAT.md §1.3, §12)."""
+HTTP behaviour of ``serve`` (docs/cvmfs-format.md: HTTP rules)."""
 
 from __future__ import annotations
 

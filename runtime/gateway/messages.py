@@ -1,4 +1,4 @@
-"""Notification messages (FORMAT.md §10.1): building them like the real publisher, checking
+"""Notification messages (docs/cvmfs-format.md, "Notifications"): building them like the real publisher, checking
 them like the real subscriber, and framing them as server-sent events.
 
 The real publisher (``cvmfs/notify/messages.cc``) hand-builds the JSON with spaces around
