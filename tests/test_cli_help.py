@@ -117,6 +117,9 @@ def test_url_into_the_served_tree_gets_a_hint() -> None:
 class _NginxLike405(http.server.BaseHTTPRequestHandler):
     """What a stratum-0 nginx answers to an upload: a bare HTML 405."""
 
+    def do_POST(self) -> None:  # noqa: N802
+        self.do_PUT()
+
     def do_PUT(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length", 0))
         self.rfile.read(length)
@@ -139,6 +142,18 @@ def test_a_405_is_explained(tmp_path: Path) -> None:
         f.write_text("a")
         res = invoke("upload", str(f), "--url", f"http://127.0.0.1:{server.server_port}",
                      "--repo", FQRN, "--retries", "0", env={"CVMFS_EPHEMERAL_TOKEN": TOKEN})
+    finally:
+        server.shutdown()
+    assert res.exit_code == 1
+    assert "405" in res.stderr and "is --url the upload service's base URL" in res.stderr
+
+
+def test_a_405_from_a_maintenance_call_is_explained() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NginxLike405)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        res = invoke("gc", "--url", f"http://127.0.0.1:{server.server_port}",
+                     env={"CVMFS_EPHEMERAL_TOKEN": TOKEN})
     finally:
         server.shutdown()
     assert res.exit_code == 1
@@ -258,3 +273,29 @@ def test_serve_warns_when_writes_have_no_token(tmp_path: Path) -> None:
     assert "no upload token configured (CVMFS_EPHEMERAL_TOKENS or CVMFS_EPHEMERAL_TOKENS_FILE)" \
         in err
     assert f"/cvmfs/{FQRN}" in out or FQRN in out  # the mount recipe came after the bind
+
+
+# --- start-up: each command imports only what it needs (figures: bench/cli_startup.py) --------
+
+def _imported(*args: str, tmp_path: Path) -> set[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVMFS_EPHEMERAL_")}
+    env.update({"CVMFS_EPHEMERAL_DATA_DIR": str(tmp_path / "d"),
+                "CVMFS_EPHEMERAL_KEYS_DIR": str(tmp_path / "k")})
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "runtime", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("args, absent", [
+    (["upload", "--help"], {"httpx", "pydantic_settings", "fastapi", "uvicorn", "cryptography",
+                            "runtime.settings", "runtime.repository"}),
+    (["--version"], {"httpx", "pydantic_settings", "fastapi", "runtime.settings"}),
+    (["info", "lazy.example.org"], {"httpx", "fastapi", "uvicorn", "starlette",
+                                    "prometheus_client"}),
+])
+def test_commands_import_only_what_they_need(args: list[str], absent: set[str],
+                                             tmp_path: Path) -> None:
+    imported = _imported(*args, tmp_path=tmp_path)
+    assert "typer" in imported  # the measurement works
+    assert not absent & imported, sorted(absent & imported)
