@@ -185,8 +185,10 @@ def verify(url: str = typer.Option(..., metavar="URL",
     """Fetch and verify the whitelist and manifest of a served repository (post-deploy check)."""
     import datetime as dt
 
+    from .cli_common import check_url
     from .verify import VerificationError, verify_remote
 
+    check_url(url, served_tree=True)
     try:
         m = verify_remote(url, fqrn, public_key.read_bytes(), key_name=str(public_key))
     except (VerificationError, OSError) as exc:

@@ -97,7 +97,8 @@ def test_old_flag_names_still_work(tmp_path: Path) -> None:
     assert info["artifacts"] == 1
 
 
-@pytest.mark.parametrize("command", [["upload", "x"], ["gc"], ["clean"]])
+@pytest.mark.parametrize("command", [["upload", "x"], ["gc"], ["clean"],
+                                     ["verify", "--fqrn", FQRN, "--public-key", "k.pub"]])
 def test_url_without_scheme_fails_at_once_with_a_hint(command: list[str]) -> None:
     start = time.monotonic()
     extra = ["--repo", FQRN] if command[0] == "upload" else []
