@@ -3,7 +3,7 @@
 #
 # The base must already provide python3, python3-venv, nginx-light and ca-certificates, so that
 # this build needs no apt and no registry: scripts/make-base-image.sh makes one from debootstrap.
-# Only PyPI is reached, for the pinned runtime requirements.
+# Only PyPI is reached, for the hashed runtime lock (runtime/requirements.lock).
 ARG BASE_IMAGE=cvmfs-ephemeral-base:bookworm
 FROM ${BASE_IMAGE}
 
@@ -18,10 +18,13 @@ ENV LANG=C.UTF-8 \
     CVMFS_EPHEMERAL_DATA_DIR=/var/lib/cvmfs-ephemeral \
     CVMFS_EPHEMERAL_KEYS_DIR=/etc/cvmfs-ephemeral/keys
 
-# Dependencies first: this layer is reused until the pins change.
-COPY runtime/requirements.txt /opt/cvmfs-ephemeral/requirements.txt
+# Dependencies first: this layer is reused until the lock changes. The lock pins every
+# transitive dependency with its hashes (scripts/lock.sh), so the image tag, a hash of this
+# build context, means the same installed bytes on any day.
+COPY runtime/requirements.lock /opt/cvmfs-ephemeral/requirements.lock
 RUN python3 -m venv /opt/cvmfs-ephemeral/venv \
- && /opt/cvmfs-ephemeral/venv/bin/pip install --no-cache-dir -r /opt/cvmfs-ephemeral/requirements.txt \
+ && /opt/cvmfs-ephemeral/venv/bin/pip install --no-cache-dir --require-hashes \
+        -r /opt/cvmfs-ephemeral/requirements.lock \
  && find /opt/cvmfs-ephemeral/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && /opt/cvmfs-ephemeral/venv/bin/python -m compileall -q /opt/cvmfs-ephemeral/venv
 

@@ -1,4 +1,4 @@
-"""The CernVM-FS client configuration a stack prints for each repository (FORMAT.md §11).
+"""The CernVM-FS client configuration a stack prints for each repository (docs/cvmfs-format.md, "Client configuration").
 
 Why an output and not documentation: the URLs depend on the target and the stack's config, and a
 client that is one character off fails to mount with an unhelpful error. The text is ready for

@@ -28,7 +28,7 @@ from .schedule import parse_cron
 #: The project name in Pulumi.yaml, hence the config namespace.
 NAMESPACE = "cvmfs-ephemeral"
 
-#: Same rule as the runtime (FORMAT.md "Conventions"): at least two dot-separated DNS-like
+#: Same rule as the runtime (docs/cvmfs-format.md, "Conventions"): at least two dot-separated DNS-like
 #: labels. Duplicated on purpose: components deploy the runtime, they never import it.
 FQRN_RE = re.compile(r"^(?=.{3,253}$)[a-z0-9]([a-z0-9_-]{0,62})(\.[a-z0-9]([a-z0-9_-]{0,62}))+$")
 #: Kubernetes object names and Docker resource prefixes: a DNS-1123 label, short enough that

@@ -1,6 +1,6 @@
 """Gateway: the notification service (``runtime serve --role gateway``, port 4929).
 
-Why its own container or Deployment: clients hold long-lived subscriptions (FORMAT.md §10.2) and
+Why its own container or Deployment: clients hold long-lived subscriptions (docs/cvmfs-format.md, "Notifications") and
 may give up after a restart. Keeping the gateway apart means an upload-service rollout, by far
 the most frequent change, never drops them. The gateway reads current manifests over HTTP from
 stratum 0 (so it needs no data volume) and verifies published manifests with the public keys.

@@ -1,4 +1,4 @@
-"""The CVMFS client configuration that mounts a repository served by this runtime (FORMAT.md §11)."""
+"""The CVMFS client configuration that mounts a repository served by this runtime (docs/cvmfs-format.md, "Client configuration")."""
 
 from __future__ import annotations
 

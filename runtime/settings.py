@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 #: fqrn rule: at least two dot-separated labels (the client splits it into organisation and
-#: domain, FORMAT.md "Conventions"), each a DNS-like label; lowercase, digits, '-' and '_'.
+#: domain, docs/cvmfs-format.md "Conventions"), each a DNS-like label; lowercase, digits, '-' and '_'.
 FQRN_RE = re.compile(r"^(?=.{3,253}$)[a-z0-9]([a-z0-9_-]{0,62})(\.[a-z0-9]([a-z0-9_-]{0,62}))+$")
 
 Compression = Literal["none", "zlib"]
@@ -69,14 +69,27 @@ def _parse_repositories(value: Any) -> list[RepositoryConfig]:
         else:
             value = [part.strip() for part in text.split(",") if part.strip()]
     out = []
-    for item in value:
-        if isinstance(item, RepositoryConfig):
-            out.append(item)
-        elif isinstance(item, str):
-            out.append(RepositoryConfig(fqrn=item))
-        else:
-            out.append(RepositoryConfig.model_validate(item))
+    for index, item in enumerate(value):
+        try:
+            if isinstance(item, RepositoryConfig):
+                out.append(item)
+            elif isinstance(item, str):
+                out.append(RepositoryConfig(fqrn=item))
+            else:
+                out.append(RepositoryConfig.model_validate(item))
+        except ValueError as exc:  # one line naming the item and its field, not pydantic's block
+            raise ValueError(f"[{index}] {_item_error(exc)}") from None
     return out
+
+
+def _item_error(exc: ValueError) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: "
+                         f"{e.get('msg', 'invalid').removeprefix('Value error, ')}"
+                         for e in exc.errors())
+    return str(exc).splitlines()[0]
 
 
 class Settings(BaseSettings):
@@ -161,6 +174,21 @@ class Settings(BaseSettings):
         return RepositoryConfig(fqrn=fqrn)
 
 
+ENV_PREFIX = "CVMFS_EPHEMERAL_"
+
+
+def _error_key(model: str, loc: tuple) -> str:
+    """Where a validation error sits, named the way the user set it: a Settings field is the
+    environment variable (``CVMFS_EPHEMERAL_PORT``), an item of the repository list is
+    ``CVMFS_EPHEMERAL_REPOSITORIES[0].ttl_s``; other models keep the dotted field path."""
+    if model != "Settings" or not loc:
+        return ".".join(str(p) for p in loc) or "value"
+    key = f"{ENV_PREFIX}{str(loc[0]).upper()}"
+    for part in loc[1:]:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return key
+
+
 def describe_error(exc: Exception) -> str:
     """One line naming the offending key, for a CLI or HTTP error message."""
     from pydantic import ValidationError
@@ -168,8 +196,44 @@ def describe_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err.get("loc", ())) or "value"
+            key = _error_key(exc.title, tuple(err.get("loc", ())))
             msg = err.get("msg", "invalid").removeprefix("Value error, ")
             parts.append(f"{key}: {msg}")
         return "; ".join(parts)
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+# --- packaging/CLI area: ``python -m runtime config`` ---------------------------------------
+
+#: Fields whose values are credentials: printed masked, never in clear.
+SECRET_FIELDS = frozenset({"tokens", "token"})
+
+
+def _mask(value: str) -> str:
+    """``***`` per secret (so the operator sees how many are set), '' when unset."""
+    entries = [e for e in value.split(",") if e.strip()]
+    masked = []
+    for entry in entries:
+        scope = entry.strip().split(":", 1)[1] if ":" in entry else ""
+        masked.append(f"***:{scope}" if scope else "***")
+    return ",".join(masked)
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """Every setting as ``CVMFS_EPHEMERAL_<NAME>`` -> the value in force (environment, else
+    default), secrets masked; repositories as the JSON the variable accepts."""
+    out: dict[str, Any] = {}
+    for field in type(settings).model_fields:
+        value = getattr(settings, field)
+        if field in SECRET_FIELDS:
+            value = _mask(str(value))
+        elif field == "repositories":
+            value = json.dumps([r.model_dump() for r in value])
+        elif value is None:
+            value = ""
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, Path):
+            value = str(value)
+        out[f"{ENV_PREFIX}{field.upper()}"] = value
+    return out

@@ -37,17 +37,31 @@ def _get(client: httpx.Client, url: str) -> bytes:
 
 
 def verify_remote(url: str, fqrn: str, public_key_pem: bytes, *,
-                  now: dt.datetime | None = None, timeout: float = 10.0) -> manifest.Manifest:
-    """Verify whitelist, certificate and manifest at ``url``; return the manifest."""
+                  now: dt.datetime | None = None, timeout: float = 10.0,
+                  key_name: str | None = None) -> manifest.Manifest:
+    """Verify whitelist, certificate and manifest at ``url``; return the manifest.
+
+    ``key_name`` names the key in messages (the CLI passes the file name): the commonest
+    failure after a deployment is checking against the wrong repository's key, and the user
+    must read that, not how RSA padding failed."""
     now = now or dt.datetime.now(dt.timezone.utc)
     base = url.rstrip("/")
-    master = serialization.load_pem_public_key(public_key_pem)
+    try:
+        master = serialization.load_pem_public_key(public_key_pem)
+    except ValueError as exc:
+        raise VerificationError(f"{key_name or 'the key'} is not a PEM public key") from exc
     if not isinstance(master, rsa.RSAPublicKey):
-        raise VerificationError("public key is not RSA")
+        raise VerificationError(f"{key_name or 'the key'} is not an RSA public key")
     with httpx.Client(timeout=timeout) as client:
+        blob = _get(client, f"{base}/.cvmfswhitelist")
         try:
-            wl = whitelist.verify(_get(client, f"{base}/.cvmfswhitelist"), fqrn, master, now)
+            wl = whitelist.verify(blob, fqrn, master, now)
         except whitelist.WhitelistError as exc:
+            if str(exc).startswith("invalid whitelist signature"):
+                where = f" ({key_name})" if key_name else ""
+                raise VerificationError(
+                    f"whitelist: the signature does not match this public key{where}; the "
+                    f"repository was signed with another master key") from exc
             raise VerificationError(f"whitelist: {exc}") from exc
         blob = _get(client, f"{base}/.cvmfspublished")
         try:

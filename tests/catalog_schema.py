@@ -1,7 +1,7 @@
 """Catalog schema extraction, to compare the writer's SQLite catalogs with real cvmfs ones.
 
 cvmfs copies rows between catalogs with ``SELECT *``, so table names, column names, column
-order and declared types all matter (FORMAT.md 6.2). ``schema_of`` reduces a database to
+order and declared types all matter (docs/cvmfs-format.md, "File catalogs"). ``schema_of`` reduces a database to
 exactly those facts; ``reference_root_catalog_path`` gives the real catalog to compare with.
 """
 

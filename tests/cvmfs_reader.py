@@ -1,6 +1,6 @@
 """An independent CernVM-FS client-side reader, used by the tests to judge repositories.
 
-Written from ``shared/cvmfs/FORMAT.md`` alone and deliberately sharing no code with
+Written from the format notes (``docs/cvmfs-format.md``) alone and deliberately sharing no code with
 ``runtime/``: a reader that reused the writer's helpers would repeat the writer's mistakes
 instead of catching them. It plays the cvmfs client over real HTTP (httpx):
 
@@ -12,7 +12,7 @@ instead of catching them. It plays the cvmfs client over real HTTP (httpx):
   inflated and opened read-only with sqlite3; file content is inflated or not according to the
   entry's flag bits 11-13.
 - ``walk()`` derives every path and checks each row's path hash against it; ``check()`` adds
-  what ``cvmfs_swissknife check`` enforces (FORMAT.md section 13).
+  what ``cvmfs_swissknife check`` enforces (docs/cvmfs-format.md, "What pull and check enforce").
 
 Paths use the cvmfs convention: ``"/a/b"`` with the repository root as ``""``. Every failure
 raises a :class:`ReaderError` subclass whose message names the object and the rule broken.
@@ -112,7 +112,7 @@ class CheckFailed(ReaderError):
 
 
 # --------------------------------------------------------------------------------------------
-# Constants from FORMAT.md.
+# Constants from docs/cvmfs-format.md.
 
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()  # manifest R (section 3.2)
 SCHEMA = "2.5"  # section 6.2
@@ -373,7 +373,7 @@ def parse_whitelist(raw: bytes, fqrn: str, keys: list[rsa.RSAPublicKey], now: da
     for line in lines[3:]:
         if line in ("Vpkcs7", "Wcachain"):
             raise BadWhitelist(f"whitelist contains {line!r}: PKCS#7 / CA-chain whitelists are "
-                               f"not supported (FORMAT.md 4.1: do not emit)")
+                               f"not supported (docs/cvmfs-format.md, Whitelist: never written)")
         fp = _parse_fingerprint(line)
         if fp is not None:
             fingerprints.add(fp)
@@ -1348,7 +1348,7 @@ def _make_entry(path: str, row: Row, node: CatalogNode, nested_hash: str | None)
 
 
 # --------------------------------------------------------------------------------------------
-# check() rules (semantic: FORMAT.md section 13 "check" row, sections 6.4-6.12, 7).
+# check() rules (docs/cvmfs-format.md: "What pull and check enforce", "File catalogs", "Nested catalogs", "Chunked files").
 
 
 def _type_problem(row: Row) -> str | None:

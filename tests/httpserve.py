@@ -1,7 +1,7 @@
 """Serve a directory over real HTTP on loopback, the way the tests serve repositories.
 
 ``http.server`` supports HEAD, answers 404 for missing files and adds no Content-Encoding;
-FORMAT.md (last section) records that the real client, pull and check all accepted it.
+docs/cvmfs-format.md ("Verified against the real tools") records that the real client, pull and check all accepted it.
 Tests therefore exercise the same bytes a client would fetch, with no mocks.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 class QuietHandler(SimpleHTTPRequestHandler):
     """SimpleHTTPRequestHandler without per-request log lines (they would flood test output).
 
-    It speaks HTTP/1.1 with keep-alive, like the production server should (FORMAT.md must-list
-    item 17), which also saves a TCP connection and a thread per request in the tests.
+    It speaks HTTP/1.1 with keep-alive, like the production server should (docs/cvmfs-format.md,
+    "Serving over HTTP"), which also saves a TCP connection and a thread per request in the tests.
     """
 
     protocol_version = "HTTP/1.1"

@@ -59,8 +59,9 @@ def test_properties_match_cvmfs_server(tmp_path: Path) -> None:
     assert set(root.properties) == set(ref_root)
     assert root.properties["schema"] == "2.5" and root.properties["schema_revision"] == "7"
     assert root.properties["volatile"] == "1" and root.properties["TTL"] == "60"
-    # nested: the same keys except previous_revision, which we omit on purpose (FORMAT.md §8.4:
-    # pull fails on a missing previous nested catalog, and gc deletes old ones)
+    # nested: the same keys except previous_revision, which we omit on purpose (docs/cvmfs-format.md,
+    # "Replication and garbage collection": pull fails on a missing previous nested catalog, and gc
+    # deletes old ones)
     assert set(nested.properties) == set(ref_nested) - {"previous_revision"}
     assert nested.properties["root_prefix"] == "/nested"
 

@@ -47,7 +47,7 @@ def test_whitelist_resigned_with_the_master_key_is_byte_identical(fqrn: str) -> 
 
 
 def test_whitelist_expiry_has_hour_granularity() -> None:
-    """FORMAT.md §4.3: valid while (Y,M,D,H) of now is strictly before the expiry's."""
+    """docs/cvmfs-format.md, "Whitelist": valid while (Y,M,D,H) of now is strictly before the expiry's."""
     wl = whitelist.Whitelist(dt.datetime(2026, 1, 1, tzinfo=UTC),
                              dt.datetime(2026, 1, 31, 17, 59, 59, tzinfo=UTC), "a.b", ())
     assert not wl.expired_at(dt.datetime(2026, 1, 31, 16, 59, 59, tzinfo=UTC))
@@ -90,7 +90,7 @@ def test_manifest_rejections(tmp_path: Path) -> None:
 
 
 def test_path_hashes_match_the_documented_examples() -> None:
-    """FORMAT.md §6.5 examples (cvmfs/crypto/hash.cc: MD5 split into little-endian int64)."""
+    """docs/cvmfs-format.md, "File catalogs" examples (cvmfs/crypto/hash.cc: MD5 split into little-endian int64)."""
     assert md5_pair("") == (338333539836370388, 9098107892288553193)
     assert md5_pair("/a") == (-2906336618250618618, -744252105585281751)
 

@@ -1,4 +1,4 @@
-"""Notification gateway (FORMAT.md §10) over real HTTP: the real publisher's request, the
+"""Notification gateway (docs/cvmfs-format.md, "Notifications") over real HTTP: the real publisher's request, the
 subscriber's stream, verification, restarts, and the upload role notifying a remote gateway."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The test-side reader against repositories made by the real cvmfs_server 2.12.
 
 These prove the reader before it judges our writer: it must accept exactly what real cvmfs
-produced (reference fixtures in shared/cvmfs/reference, served over loopback HTTP) and must
+produced (reference fixtures in tests/fixtures/cvmfs-reference, served over loopback HTTP) and must
 reject each kind of damage a writer could do. Every test uses a fixed ``now``, because the
 fixture whitelists expire on 2026-12-28 17:00 UTC.
 """
@@ -50,7 +50,7 @@ from tests.cvmfs_reader import (
 RefFactory = Callable[[str], ReferenceRepo]
 
 # --------------------------------------------------------------------------------------------
-# Facts from shared/cvmfs/reference/README.md.
+# Facts from tests/fixtures/cvmfs-reference/README.md.
 
 ROOT_HASHES = {  # revision 3, 2, 1, 0
     "zlib.ref.test": ["f8b25b33e4e2f127178d7b876e01b1054b37592f",

@@ -74,7 +74,7 @@ def test_clock_going_backwards_never_lowers_revision_or_timestamp(tmp_path: Path
 def test_stateless_restart_on_empty_data_dir_keeps_revisions_ahead(tmp_path: Path) -> None:
     """A deployment that loses its data directory but keeps its keys restarts at S = now,
     which is above anything it served before as long as it published at most once a second
-    on average (FORMAT.md §9.2); clients then accept the new manifest."""
+    on average (docs/cvmfs-format.md, "Revisions"); clients then accept the new manifest."""
     clock = Clock(2_000_000_000)
     repo = make_repo(tmp_path, clock)
     old = publish_one(repo, "a")

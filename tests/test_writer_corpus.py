@@ -66,7 +66,7 @@ def test_corpus_reads_back_identically(tmp_path: Path, compression: str) -> None
 
 
 def test_empty_file_objects_have_the_documented_names(tmp_path: Path) -> None:
-    """FORMAT.md §2.3: e8ec3d88… for zlib, da39a3ee… for none."""
+    """docs/cvmfs-format.md, "Objects": e8ec3d88… for zlib, da39a3ee… for none."""
     for compression, name in [("zlib", "e8ec3d88b62ebf526e4e5a4ff6162a3aa48a6b78"),
                               ("none", "da39a3ee5e6b4b0d3255bfef95601890afd80709")]:
         with served_repository(tmp_path / compression, compression=compression) as served:

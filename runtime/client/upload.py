@@ -14,17 +14,20 @@ serves that revision.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
-import httpx
 import typer
 
-from .. import tarstream
-from ..settings import Settings
+from ..cli_common import check_url, client_token, explain_status
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx, the tar writer and json are imported inside the functions that use them: ``upload
+# --help`` and every other command of the CLI start without paying for them (bench/cli_startup.py).
 
 RETRY_STATUSES = range(500, 600)
 BLOCK = 1024 * 1024
@@ -49,6 +52,8 @@ def _file_body(path: Path, progress: Callable[[int], None]) -> Iterator[bytes]:
 
 
 def _dir_body(path: Path, progress: Callable[[int], None]) -> Iterator[bytes]:
+    from .. import tarstream
+
     for piece in tarstream.directory(path):
         progress(len(piece))
         yield piece
@@ -90,6 +95,10 @@ def upload(source: Path, *, url: str, repo: str, name: str | None = None,
            token: str = "", retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 600.0,
            progress: bool = False, log: Callable[[str], None] = lambda _m: None) -> dict:
     """Upload ``source``; return the server's JSON answer. Raises :class:`UploadFailed`."""
+    import httpx
+
+    from .. import tarstream
+
     source = Path(source)
     if source.is_dir():
         body: Callable[[Callable[[int], None]], Iterator[bytes]] = (
@@ -127,7 +136,8 @@ def upload(source: Path, *, url: str, repo: str, name: str | None = None,
                     return resp.json()
                 detail = _detail(resp)
                 if resp.status_code not in RETRY_STATUSES:
-                    raise UploadFailed(f"upload refused ({resp.status_code}): {detail}")
+                    raise UploadFailed(f"upload refused ({resp.status_code}): "
+                                       f"{explain_status(resp.status_code, detail)}")
                 reason = f"server error {resp.status_code}: {detail}"
             if attempt > retries:
                 raise UploadFailed(f"giving up after {attempt} attempts; last: {reason}")
@@ -141,15 +151,17 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-def _detail(resp: httpx.Response) -> str:
+def _detail(resp: "httpx.Response") -> str:
     try:
         return str(resp.json().get("detail", resp.text))
     except ValueError:
         return resp.text.strip()[:200] or resp.reason_phrase
 
 
-def served_revision(manifest_url: str, client: httpx.Client) -> int | None:
+def served_revision(manifest_url: str, client: "httpx.Client") -> int | None:
     """Revision ``S`` of the manifest at ``manifest_url`` (unverified: only a progress probe)."""
+    import httpx
+
     try:
         resp = client.get(manifest_url, headers={"Cache-Control": "no-cache"})
     except httpx.TransportError:
@@ -170,6 +182,8 @@ def served_revision(manifest_url: str, client: httpx.Client) -> int | None:
 def wait_visible(manifest_url: str, revision: int, *, timeout_s: float = 120.0,
                  interval_s: float = 0.5) -> int:
     """Poll until the served revision is at least ``revision``; return it."""
+    import httpx
+
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=10.0) as client:
         while True:
@@ -185,28 +199,44 @@ def wait_visible(manifest_url: str, revision: int, *, timeout_s: float = 120.0,
 def register(app: typer.Typer) -> None:
     @app.command("upload")
     def upload_command(
-        source: Path = typer.Argument(..., help="file, directory (sent as tar) or image archive"),
-        url: str = typer.Option(..., "--url", envvar="CVMFS_EPHEMERAL_URL",
-                                help="server base URL, e.g. https://cvmfs.example.org"),
-        repo: str = typer.Option(..., "--repo", help="repository fqrn"),
-        name: Optional[str] = typer.Option(None, "--name", help="artifact name [file name]"),
-        ttl_s: Optional[int] = typer.Option(None, "--ttl-s", help="expire after N seconds"),
-        unpack: bool = typer.Option(False, "--unpack", help="unpack a tar/image archive"),
-        overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing one"),
-        as_json: bool = typer.Option(False, "--json", help="print the server's JSON answer"),
+        source: Path = typer.Argument(..., metavar="SOURCE",
+                                      help="File, directory (sent as a tar) or image archive."),
+        url: str = typer.Option(..., "--url", envvar="CVMFS_EPHEMERAL_URL", metavar="URL",
+                                help="Base URL of the upload service, e.g. "
+                                     "https://cvmfs.example.org or http://localhost:8080."),
+        repo: str = typer.Option(..., "--repo", metavar="FQRN",
+                                 help="Repository name, e.g. ci.example.org."),
+        name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
+                                           help="Artifact name.",
+                                           show_default="the file or directory name"),
+        as_: Optional[str] = typer.Option(None, "--as", hidden=True, help="Old name of --name."),
+        ttl_s: Optional[int] = typer.Option(
+            None, "--ttl-s", metavar="SECONDS", help="Artifact lifetime: expire after this "
+            "many seconds.", show_default="the server's CVMFS_EPHEMERAL_DEFAULT_TTL_S, 7200"),
+        unpack: bool = typer.Option(False, "--unpack", help="Unpack a tar or image archive "
+                                    "into a directory artifact (implied for a directory)."),
+        overwrite: bool = typer.Option(False, "--overwrite",
+                                       help="Replace an artifact of the same name."),
+        as_json: bool = typer.Option(False, "--json", help="Print the server's JSON answer."),
         wait: bool = typer.Option(False, "--wait-visible",
-                                  help="wait until the stratum 0 serves the new revision"),
+                                  help="Then wait until the stratum 0 serves the new revision."),
         public_url: Optional[str] = typer.Option(
-            None, "--public-url", help="stratum-0 URL of the repository for --wait-visible "
-                                       "[<url>/cvmfs/<repo>]"),
-        retries: int = typer.Option(5, "--retries", help="retries on connection/5xx errors"),
+            None, "--public-url", metavar="URL",
+            help="Stratum-0 URL of the repository, polled by --wait-visible.",
+            show_default="URL/cvmfs/FQRN"),
+        retries: int = typer.Option(5, "--retries", metavar="N",
+                                    help="Retries on connection errors and 5xx answers."),
     ) -> None:
-        """Upload an artifact for a CI job (token from CVMFS_EPHEMERAL_TOKEN)."""
-        token = Settings().client_token()
+        """Upload an artifact for a CI job (token from CVMFS_EPHEMERAL_TOKEN or
+        CVMFS_EPHEMERAL_TOKEN_FILE, never from the command line)."""
+        check_url(url)
+        if public_url is not None:
+            check_url(public_url, "--public-url", served_tree=True)
+        token = client_token()
         say = lambda m: typer.echo(m, err=True)  # noqa: E731
         try:
-            result = upload(source, url=url, repo=repo, name=name, ttl_s=ttl_s, unpack=unpack,
-                            overwrite=overwrite, token=token, retries=retries,
+            result = upload(source, url=url, repo=repo, name=name or as_, ttl_s=ttl_s,
+                            unpack=unpack, overwrite=overwrite, token=token, retries=retries,
                             progress=sys.stderr.isatty() and not as_json, log=say)
             if wait:
                 base = public_url or f"{url.rstrip('/')}/cvmfs/{repo}"
@@ -215,6 +245,8 @@ def register(app: typer.Typer) -> None:
             say(f"error: {exc}")
             raise typer.Exit(exc.code)
         if as_json:
+            import json
+
             typer.echo(json.dumps(result))
         else:
             typer.echo(f"{result['path']}  revision {result['revision']}  "

@@ -1,4 +1,4 @@
-"""The CernVM-FS repository format, written natively (see ``shared/cvmfs/FORMAT.md``).
+"""The CernVM-FS repository format, written natively (see ``docs/cvmfs-format.md``).
 
 One module per concept: ``keys`` (RSA keys and certificate), ``objects`` (content-addressed
 store), ``chunking`` (streaming hash/compress of file content), ``catalog`` (SQLite file

@@ -1,4 +1,4 @@
-"""SQLite file catalogs, schema 2.5 revision 7, as cvmfs 2.12 writes them (FORMAT.md §6).
+"""SQLite file catalogs, schema 2.5 revision 7, as cvmfs 2.12 writes them (docs/cvmfs-format.md, "File catalogs").
 
 A catalog is built in memory from a list of :class:`Entry` and serialized to bytes
 (``sqlite3.Connection.serialize``): no journal or WAL file ever exists, the database is a plain
@@ -23,7 +23,7 @@ SCHEMA_VERSION = "2.5"
 SCHEMA_REVISION = "7"
 
 # Table definitions exactly as cvmfs writes them (column order matters: cvmfs tools copy rows
-# with SELECT *). Compared with the real catalogs in shared/cvmfs/reference by the tests.
+# with SELECT *). Compared with the real catalogs in tests/fixtures/cvmfs-reference by the tests.
 SCHEMA_SQL = (
     "CREATE TABLE properties (key TEXT, value TEXT, "
     "CONSTRAINT pk_properties PRIMARY KEY (key));",
@@ -65,7 +65,7 @@ DIR_SIZE = 4096
 
 @functools.lru_cache(maxsize=1 << 16)
 def md5_pair(path: str) -> tuple[int, int]:
-    """MD5 of a full path split into two little-endian signed int64 (FORMAT.md §6.5)."""
+    """MD5 of a full path split into two little-endian signed int64 ("File catalogs")."""
     return struct.unpack("<qq", hashlib.md5(path.encode("utf-8")).digest())
 
 
@@ -123,7 +123,7 @@ class NestedRef:
 
 @dataclass
 class Counters:
-    """The 24 statistics rows: ``self_<x>`` and ``subtree_<x>`` (FORMAT.md §6.4)."""
+    """The 24 statistics rows: ``self_<x>`` and ``subtree_<x>`` ("File catalogs")."""
 
     self: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
     subtree: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_NAMES, 0))
@@ -339,7 +339,7 @@ def read_catalog(data: bytes) -> CatalogContent:
 def referenced_objects(data: bytes) -> tuple[set[tuple[str, str]], list[tuple[str, str, int]]]:
     """Objects a catalog references directly: ``{(hex, suffix)}`` and its nested catalogs.
 
-    Regular-file hashes have no suffix, chunk hashes ``P`` (FORMAT.md §6.7, §13 pull row).
+    Regular-file hashes have no suffix, chunk hashes ``P`` ("File catalogs", "Replication and garbage collection").
     """
     conn = _open_bytes(data)
     try:

@@ -10,7 +10,7 @@ whatever the file sizes.
 A file that ends before its first cut is stored whole (no suffix, catalog ``hash`` set); a
 longer one is stored as chunks (suffix ``P``, catalog ``hash`` NULL, ``chunks`` rows). Because a
 cut only happens once *more* data than a chunk is buffered, a file never becomes a single chunk,
-which cvmfs never writes either (FORMAT.md §7). Fixed-size boundaries are opaque to clients.
+which cvmfs never writes either (docs/cvmfs-format.md, "Chunked files"). Fixed-size boundaries are opaque to clients.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Repository keys and certificate, as ``cvmfs_server mkfs`` makes them (FORMAT.md §5.1).
+"""Repository keys and certificate, as ``cvmfs_server mkfs`` makes them (docs/cvmfs-format.md, "Keys and certificate").
 
 Files in the keys directory, named for the repository:
 

@@ -1,4 +1,4 @@
-"""The signed manifest ``.cvmfspublished`` (FORMAT.md §3).
+"""The signed manifest ``.cvmfspublished`` (docs/cvmfs-format.md, "Manifest").
 
 BODY is one ``<letter><value>`` line per field, in cvmfs's order (C B R D S G A N X H T M Y);
 FILE = BODY ``--`` LF sha1-hex(BODY) LF signature, with no trailing LF. The signature is

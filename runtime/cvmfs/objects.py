@@ -1,4 +1,4 @@
-"""Content-addressed object store: ``data/XX/<rest><suffix>`` (FORMAT.md §1.2, §2.2).
+"""Content-addressed object store: ``data/XX/<rest><suffix>`` (docs/cvmfs-format.md, "Objects").
 
 An object's name is the SHA-1 of exactly the bytes served, i.e. of the compressed stream for
 zlib objects. A new object is created directly under its final name (``O_EXCL``): a temp file

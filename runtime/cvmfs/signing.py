@@ -1,4 +1,4 @@
-"""The two RSA signature schemes of CernVM-FS (FORMAT.md §3.1 and §4.2).
+"""The two RSA signature schemes of CernVM-FS (docs/cvmfs-format.md, "Signatures").
 
 Both sign the ASCII hex digest of a text body, not the body itself:
 
@@ -51,7 +51,7 @@ def assemble(body: bytes, signature: bytes) -> bytes:
 
 
 def sign_manifest_hex(key: rsa.RSAPrivateKey, hex_ascii: bytes) -> bytes:
-    """PKCS#1 v1.5 with a SHA-1 DigestInfo over the ASCII hex (FORMAT.md §3.1)."""
+    """PKCS#1 v1.5 with a SHA-1 DigestInfo over the ASCII hex ("Signatures")."""
     return key.sign(hex_ascii, padding.PKCS1v15(), hashes.SHA1())
 
 

@@ -1,4 +1,4 @@
-"""The signed whitelist ``.cvmfswhitelist`` (FORMAT.md §4).
+"""The signed whitelist ``.cvmfswhitelist`` (docs/cvmfs-format.md, "Whitelist").
 
 Lines: creation time ``YYYYMMDDHHMMSS`` (UTC), ``E`` + expiry, ``N<fqrn>``, one certificate
 fingerprint per line; then ``--`` LF sha1-hex LF signature. The signature is raw PKCS#1 v1.5

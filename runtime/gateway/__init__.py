@@ -1,4 +1,4 @@
-"""Notification gateway, wire-compatible with cvmfs-gateway's notification API (FORMAT.md §10).
+"""Notification gateway, wire-compatible with cvmfs-gateway's notification API (docs/cvmfs-format.md, "Notifications").
 
 ``messages``: the message format; ``source``: where certificates and current manifests come
 from; ``hub``: verification, the last message per repository and the subscribers; ``routes``:

@@ -1,4 +1,4 @@
-"""Notification messages (FORMAT.md §10.1): reading a publish request strictly, and building
+"""Notification messages (docs/cvmfs-format.md, "Notifications"): reading a publish request strictly, and building
 the one canonical message per manifest that subscribers are sent.
 
 The gateway never stores or forwards a publisher's bytes. A request body only *carries* a

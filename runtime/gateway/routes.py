@@ -1,4 +1,4 @@
-"""HTTP endpoints of the notification API (FORMAT.md §10.1), under ``/api/v1``.
+"""HTTP endpoints of the notification API (docs/cvmfs-format.md, "Notifications"), under ``/api/v1``.
 
 ``POST /api/v1/notifications/publish`` takes the body the real publisher sends (JSON, whatever
 the Content-Type says: libcurl labels it form-urlencoded), parsed strictly (``messages.py``),

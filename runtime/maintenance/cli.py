@@ -12,22 +12,29 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from ..cli_common import DataDir, KeysDir
+from ..cli_common import DataDir, KeysDir, check_url
 from ..cli_common import fail as _fail
 from ..cli_common import load_settings as _settings
-from ..settings import Settings, validate_fqrn
 
-Url = typer.Option(None, "--url", help="call the admin routes of this upload service instead")
-Fqrn = typer.Argument(None, help="repository (default: all)")
+if TYPE_CHECKING:  # imported in the commands: the CLI starts without pydantic (cli_common)
+    from ..settings import Settings
+
+Url = typer.Option(None, "--url", metavar="URL",
+                   help="Call the admin routes of this upload service (e.g. "
+                        "http://upload:8080) instead of working on the local data directory.",
+                   show_default="local data directory")
+Fqrn = typer.Argument(None, metavar="FQRN", help="Repository name.",
+                      show_default="every repository")
 
 
-def local_repositories(settings: Settings, fqrn: str | None) -> list:
+def local_repositories(settings: "Settings", fqrn: str | None) -> list:
     """The named repository, or every configured one plus every one found on disk."""
     from ..repository import Repository
+    from ..settings import validate_fqrn
 
     if fqrn is not None:
         try:
@@ -58,10 +65,22 @@ def _emit(report: dict) -> None:
 def _remote(url: str):
     from .remote import AdminClient, RemoteError, token_from_env
 
+    check_url(url)
+
     try:
         return AdminClient(url, token_from_env())
     except (RemoteError, OSError) as exc:
         _fail(str(exc), 2)
+
+
+def _in_cli_words(message: str) -> str:
+    """A remote refusal with the hint a CLI user needs (a 405 means a wrong --url)."""
+    from ..cli_common import explain_status
+
+    for status in (405, 401):
+        if f": {status} " in message:
+            return explain_status(status, message)
+    return message
 
 
 def _run(job: str, fqrn: Optional[str], url: Optional[str], data_dir: Optional[Path],
@@ -78,7 +97,7 @@ def _run(job: str, fqrn: Optional[str], url: Optional[str], data_dir: Optional[P
             else:
                 report = getattr(client, job)(fqrn)
         except RemoteError as exc:
-            _fail(str(exc))
+            _fail(_in_cli_words(str(exc)))
         _emit(report)
         return
     from . import housekeeping as hk
@@ -109,7 +128,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def resign(fqrn: Optional[str] = Fqrn, url: Optional[str] = Url,
-               force: bool = typer.Option(False, "--force", help="re-sign even if not due"),
+               force: bool = typer.Option(False, "--force", help="Re-sign even if not due."),
                data_dir: Optional[Path] = DataDir, keys_dir: Optional[Path] = KeysDir) -> None:
         """Re-sign the whitelist when fewer than CVMFS_EPHEMERAL_RESIGN_BELOW_DAYS remain."""
         _run("resign", fqrn, url, data_dir, keys_dir, force)
@@ -121,7 +140,9 @@ def register(app: typer.Typer) -> None:
         _run("housekeeping", None, url, data_dir, keys_dir)
 
     @app.command()
-    def schedule(url: str = typer.Option(..., "--url", help="upload service to drive")) -> None:
+    def schedule(url: str = typer.Option(..., "--url", metavar="URL",
+                                         help="Upload service whose admin routes to drive.")
+                 ) -> None:
         """Run clean, gc and resign on their intervals against an upload service's admin
         routes (CVMFS_EPHEMERAL_CLEAN_INTERVAL_S, _GC_INTERVAL_S, _RESIGN_INTERVAL_S)."""
         import asyncio

@@ -5,7 +5,7 @@ Retention
     period ago (default ``2 x TTL + 300 s``; ``CVMFS_EPHEMERAL_GC_GRACE_S``). Retention counts
     from when a revision was *superseded*, not from when it was published: a client (or a
     stratum 1) keeps reading a revision for up to a TTL plus the kernel-cache timeout after the
-    next one appears (FORMAT.md §9.3), however old the revision itself is. A repository that is
+    next one appears (docs/cvmfs-format.md, "Revisions"), however old the revision itself is. A repository that is
     not garbage-collectable (manifest ``G=no``) retains every revision and only loses objects
     that no revision ever referenced (aborted uploads, orphans of crashed commits).
 
@@ -47,7 +47,7 @@ Sweep, without the writer lock
     file server's clock) cannot make a fresh object look older than gc's start; ``slack``
     additionally covers clock steps.
 
-Replication (FORMAT.md §8.4)
+Replication (docs/cvmfs-format.md, "Replication and garbage collection")
     Manifests have ``G=yes`` and only root catalogs carry ``previous_revision``, so
     ``cvmfs_swissknife pull`` skips a missing previous root. The roots of dropped revisions are
     therefore deleted first, newest first, before any nested catalog they reference: the chain

@@ -1,6 +1,6 @@
 """Whitelist re-signing: keep ``.cvmfswhitelist`` valid so clients never refuse the repository.
 
-Clients refuse a repository whose whitelist has expired (FORMAT.md §4.3, hour granularity),
+Clients refuse a repository whose whitelist has expired (docs/cvmfs-format.md, "Whitelist": hours),
 which blocks every new revision and every fresh mount. A run re-signs the whitelist with the
 master key when fewer than ``resign_below_days`` remain (default 20 of 30; ``force`` re-signs
 now); the manifest and the data are not touched.

@@ -23,7 +23,7 @@ import contextlib
 from typing import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
-from starlette.responses import JSONResponse
+from .responses import JSONResponse
 
 from ..maintenance import housekeeping as hk
 from ..maintenance.joblock import JobBusy

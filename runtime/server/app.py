@@ -29,7 +29,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from .responses import JSONResponse
 
 from ..cvmfs import batches
 from ..gateway import routes as gateway_routes
@@ -37,6 +37,7 @@ from ..gateway.hub import Hub
 from ..gateway.notifier import HttpNotifier, LocalNotifier, Notifier
 from ..repository import Repository
 from ..settings import Settings
+from ..version import __version__
 from . import admin, stratum0, uploads
 from .auth import Authorizer, load_tokens
 from .metrics import Metrics
@@ -146,7 +147,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok", "role": settings.role})
+        return JSONResponse({"status": "ok", "role": settings.role, "version": __version__})
 
     app.add_api_route("/metrics", metrics.endpoint, methods=["GET"])
     if writes:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..repository import Repository
+from ..version import __version__
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -77,6 +78,8 @@ class Metrics:
                                      "Notification messages pushed to subscribers",
                                      ["repository"], registry=r)
         r.register(_StateCollector(repositories, subscribers))
+        Info("cvmfs_ephemeral_build", "Version of the running server", registry=r).info(
+            {"version": __version__})
 
     async def endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)

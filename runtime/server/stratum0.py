@@ -1,4 +1,4 @@
-"""Serving the repository like a stratum 0 (FORMAT.md §1, §12), for the embedded default.
+"""Serving the repository like a stratum 0 (docs/cvmfs-format.md: "Serving over HTTP", "HTTP caching"), for the embedded default.
 
 Only names a client or ``cvmfs_swissknife pull`` may ask for are served; everything else is a
 404, which also confines requests to the repository (no ``..``, no private area, no keys).

@@ -33,7 +33,8 @@ from fastapi import APIRouter, HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 from python_multipart.exceptions import MultipartParseError
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
+from .responses import JSONResponse
 
 from .. import tarstream
 from ..cvmfs.catalog import Entry

@@ -239,7 +239,7 @@ def test_upload_through_the_api_and_read_back(deployed, tmp_path):
     )
     assert refused.returncode != 0
 
-    # The gateway replays the last published manifest to a new subscriber (FORMAT.md §10.1).
+    # The gateway replays the last published manifest to a new subscriber (docs/cvmfs-format.md, "Notifications").
     subscribe = endpoints["notifications"] + "/notifications/subscribe"
     body = _json.dumps({"version": 1, "repository": FQRN})
     with httpx.stream("GET", subscribe, content=body, timeout=30) as response:

@@ -1,6 +1,6 @@
 """The stratum-0 nginx configuration, run for real against a repository made by ``runtime init``.
 
-Checks the CernVM-FS serving rules (FORMAT.md §1.3, §12): content types, cache headers, no
+Checks the CernVM-FS serving rules (docs/cvmfs-format.md: HTTP rules): content types, cache headers, no
 validators or transfer compression, HEAD, 404 without redirects or listings, and that nothing
 outside the public tree (private area, keys) is reachable.
 """
