@@ -579,7 +579,8 @@ class Repository:
         with self._ingester_lock:
             if self._ingester is None:
                 self._ingester = Ingester(self.store, compressed=self.config.compression == "zlib",
-                                          chunk_size=self.config.chunk_size)
+                                          chunk_size=self.config.chunk_size,
+                                          level=self.config.compression_level)
             return self._ingester
 
     def close(self) -> None:

@@ -46,6 +46,9 @@ class RepositoryConfig(BaseModel):
     fqrn: str
     ttl_s: int = Field(60, ge=1, description="catalog TTL: how often clients re-check the manifest")
     compression: Compression = "none"
+    #: Deflate level of file content with ``compression: zlib`` (zlib-ng; runtime/cvmfs/deflate.py
+    #: has the measured speed/size trade-off). Catalogs always use stock zlib level 6.
+    compression_level: int = Field(4, ge=1, le=9)
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=64 * 1024, le=256 * 1024 * 1024)
     volatile: bool = True
     garbage_collectable: bool = True

@@ -30,6 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from .deflate import DEFAULT_LEVEL
 from .objects import FILE, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -38,24 +39,25 @@ T = TypeVar("T")
 _stores: dict[str, ObjectStore] = {}
 
 
-def store_blobs(store: ObjectStore, compressed: bool,
-                blobs: list[bytes]) -> list[tuple[str, int]]:
+def store_blobs(store: ObjectStore, compressed: bool, blobs: list[bytes],
+                level: int = DEFAULT_LEVEL) -> list[tuple[str, int]]:
     """Store each blob as a whole-file object; ``(hex, stored size)`` each, in order."""
     out = []
     for data in blobs:
-        obj = store.put_content(data, FILE, compressed)
+        obj = store.put_content(data, FILE, compressed, level)
         out.append((obj.hex, obj.stored_size))
     return out
 
 
-def store_batch(root: str, compressed: bool, blobs: list[bytes]) -> list[tuple[str, int]]:
+def store_batch(root: str, compressed: bool, blobs: list[bytes],
+                level: int = DEFAULT_LEVEL) -> list[tuple[str, int]]:
     """In the helper: :func:`store_blobs` into the store at ``root`` (opened once)."""
     if not blobs:
         return []
     store = _stores.get(root)
     if store is None:
         store = _stores[root] = ObjectStore(Path(root))
-    return store_blobs(store, compressed, blobs)
+    return store_blobs(store, compressed, blobs, level)
 
 
 class _Helpers:
@@ -138,9 +140,10 @@ class BatchWriter:
     """Stores batches of small objects of one store in a helper process, or on ``threads``."""
 
     def __init__(self, store: ObjectStore, compressed: bool, threads: Executor,
-                 use_helpers: bool = True):
+                 use_helpers: bool = True, level: int = DEFAULT_LEVEL):
         self.store = store
         self.compressed = compressed
+        self.level = level
         self.threads = threads
         self.use_helpers = use_helpers
 
@@ -152,7 +155,8 @@ class BatchWriter:
         root = str(self.store.root)
 
         def run_locally() -> None:
-            inner = self.threads.submit(store_blobs, self.store, self.compressed, blobs)
+            inner = self.threads.submit(store_blobs, self.store, self.compressed, blobs,
+                                       self.level)
             inner.add_done_callback(lambda f: _relay(f, out, convert))
 
         pool = _helpers.get() if self.use_helpers else None
@@ -160,7 +164,7 @@ class BatchWriter:
             run_locally()
             return out
         try:
-            inner = pool.submit(store_batch, root, self.compressed, blobs)
+            inner = pool.submit(store_batch, root, self.compressed, blobs, self.level)
         except BrokenProcessPool:  # a helper died since the last batch: start a new one later
             log.warning("object batch helper died; storing the batch on threads")
             _helpers.restart(pool)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable
 
 from .batches import BatchWriter, store_blobs
+from .deflate import DEFAULT_LEVEL
 from .objects import FILE, PARTIAL, ObjectStore, StoredObject
 
 #: Pieces read from file objects; large enough to amortise syscalls, small enough to stream.
@@ -57,15 +58,17 @@ class Ingester:
 
     def __init__(self, store: ObjectStore, *, compressed: bool, chunk_size: int,
                  workers: int | None = None, max_inflight: int | None = None,
-                 batch_helpers: bool = True):
+                 batch_helpers: bool = True, level: int = DEFAULT_LEVEL):
         self.store = store
         self.compressed = compressed
+        #: Deflate level of file content (:mod:`.deflate`), when ``compressed``.
+        self.level = level
         self.chunk_size = chunk_size
         self.workers = workers or max(2, os.cpu_count() or 2)
         self.max_inflight = max_inflight or self.workers + 2
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ingest")
         #: Small files from archives go to a helper process (see :mod:`.batches`).
-        self.batches = BatchWriter(store, compressed, self._pool, batch_helpers)
+        self.batches = BatchWriter(store, compressed, self._pool, batch_helpers, level)
         #: Chunks handed to the pool and not yet stored, across every file being written:
         #: concurrent uploads share it, so memory stays bounded however many run at once.
         self.inflight = threading.Semaphore(self.max_inflight)
@@ -76,7 +79,8 @@ class Ingester:
     def submit(self, data: bytes | list[bytes], suffix: str) -> Future:
         """Store one object, given whole or as pieces, asynchronously (compress if configured,
         hash, write)."""
-        return self._pool.submit(self.store.put_content, data, suffix, self.compressed)
+        return self._pool.submit(self.store.put_content, data, suffix, self.compressed,
+                                 self.level)
 
     def open(self) -> "FileWriter":
         return FileWriter(self)
@@ -134,7 +138,7 @@ class Ingester:
                 # read() sizes its buffer from fstat; read(n) would allocate n bytes per file
                 blobs.append(fh.read())
         self._check_batch(blobs)
-        return self._contents(blobs, store_blobs(self.store, self.compressed, blobs))
+        return self._contents(blobs, store_blobs(self.store, self.compressed, blobs, self.level))
 
 
 class FileWriter:
@@ -211,7 +215,8 @@ class FileWriter:
         tail_size = self._buffered
         tail = self._take(tail_size)
         if not self._pending:
-            obj = self._ing.store.put_content(tail, FILE, self._ing.compressed)
+            obj = self._ing.store.put_content(tail, FILE, self._ing.compressed,
+                                              self._ing.level)
             return FileContent(tail_size, self._ing.compressed, obj.digest, [], [obj])
         if tail_size:
             self._inflight.acquire()

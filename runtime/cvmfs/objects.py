@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
+from . import deflate
+
 #: Object suffixes (cvmfs/crypto/hash.h).
 FILE = ""
 CATALOG = "C"
@@ -62,7 +64,10 @@ def object_relpath(hex_digest: str, suffix: str = FILE) -> str:
 
 
 def compress(data: bytes) -> bytes:
-    """zlib (RFC 1950) at the default level, byte-identical to what cvmfs_server writes."""
+    """zlib (RFC 1950) at the default level, byte-identical to what cvmfs_server writes.
+
+    For catalogs, histories and the certificate; file content goes through :mod:`.deflate`.
+    """
     return zlib.compress(data, 6)
 
 
@@ -199,15 +204,17 @@ class ObjectStore:
                 os.unlink(tmp)
             raise
 
-    def put_content(self, data: Buffers, suffix: str, compressed: bool) -> StoredObject:
-        """Compress (zlib) or not, then :meth:`put`.
+    def put_content(self, data: Buffers, suffix: str, compressed: bool,
+                    level: int = deflate.DEFAULT_LEVEL) -> StoredObject:
+        """Compress (a zlib stream from :mod:`.deflate`, at ``level``) or not, then :meth:`put`.
 
         Compressed content is joined first: zlib's output (and so the object's name) must not
         depend on how the bytes happened to be split when they arrived.
         """
         if compressed:
             pieces = _pieces(data)
-            return self.put(compress(pieces[0] if len(pieces) == 1 else b"".join(pieces)), suffix)
+            whole = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            return self.put(deflate.compress(whole, level), suffix)
         return self.put(data, suffix)
 
     def read(self, hex_digest: str, suffix: str = FILE) -> bytes:
