@@ -153,10 +153,12 @@ def serve(host: Optional[str] = typer.Option(None), port: Optional[int] = typer.
         _fail(describe_error(exc), 2)
     if settings.role == "gateway" and "port" not in settings.model_fields_set:
         settings = settings.model_copy(update={"port": GATEWAY_PORT})
+    from .logs import setup as setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
     application = create_app(settings)
     _print_mount_instructions(settings)
-    make_server(application, host=settings.host, port=settings.port,
-                log_level=settings.log_level).run()
+    make_server(application, host=settings.host, port=settings.port).run()
 
 
 def _print_mount_instructions(settings: Settings) -> None:
