@@ -10,8 +10,9 @@ Lines (logger ``runtime.access``):
 - a refused request (status >= 400) is always logged, at warning, with its status and the
   one-line reason from the JSON answer (``detail``);
 - with ``CVMFS_EPHEMERAL_ACCESS_LOG=api`` (the default) every other request of the upload API,
-  the admin routes and the notification API is logged at info; ``all`` adds the stratum 0
-  files, ``/healthz`` and ``/metrics``; ``off`` logs refusals only.
+  the admin routes and the notification API is logged at info, and the stratum 0 files,
+  ``/healthz`` and ``/metrics`` at debug; ``all`` logs those at info too; ``off`` logs every
+  request that is not refused at debug.
 
 The path is logged without its query string (a query could carry a secret), and the token is
 never logged: the app's own event lines name the token by its label.
@@ -112,8 +113,9 @@ class RequestLogMiddleware:
             logs.event(log, logging.WARNING,
                        f"refused {fields['method']} {path}: {status} {reason}",
                        reason=reason, **fields)
-        elif not self._quiet(path):
-            logs.event(log, logging.INFO, f"{fields['method']} {path} {status}", **fields)
+        else:
+            level = logging.DEBUG if self._quiet(path) else logging.INFO
+            logs.event(log, level, f"{fields['method']} {path} {status}", **fields)
 
 
 __all__ = ["RequestLogMiddleware", "request_id_from"]
