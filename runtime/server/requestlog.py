@@ -7,8 +7,8 @@ the response's ``X-Request-ID``, so a CI job can quote it to an operator.
 
 Lines (logger ``runtime.access``):
 
-- a refused request (status >= 400) is always logged, at warning, with its status and the
-  one-line reason from the JSON answer (``detail``);
+- a refused request (status >= 400) is always logged, at warning (error for 5xx), with its
+  status and the one-line reason from the JSON answer (``detail``);
 - with ``CVMFS_EPHEMERAL_ACCESS_LOG=api`` (the default) every other request of the upload API,
   the admin routes and the notification API is logged at info, and the stratum 0 files,
   ``/healthz`` and ``/metrics`` at debug; ``all`` logs those at info too; ``off`` logs every
@@ -110,7 +110,7 @@ class RequestLogMiddleware:
         stratum0_miss = status == 404 and path.startswith(QUIET_PREFIXES)
         if status >= 400 and status != 499 and not stratum0_miss:
             reason = _detail(seen["error"])
-            logs.event(log, logging.WARNING,
+            logs.event(log, logging.WARNING if status < 500 else logging.ERROR,
                        f"refused {fields['method']} {path}: {status} {reason}",
                        reason=reason, **fields)
         else:

@@ -346,12 +346,13 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
         raise
     finally:
         outcome = record.pop("outcome", None) or _outcome(status)
-        level = logging.INFO if status < 400 or status == 499 else logging.WARNING
+        level = (logging.INFO if status < 400 or status == 499
+                 else logging.WARNING if status < 500 else logging.ERROR)
         fields = {**record, "status": status, "outcome": outcome,
                   "duration_s": round(time.perf_counter() - started, 6)}
         if reason:
             fields["reason"] = reason
-        logs.event(log, level, f"upload {fqrn}/{record['name']}: {outcome}", **fields)
+        logs.event(log, level, f"upload {fqrn}/{record['name'] or '?'}: {outcome}", **fields)
 
 
 async def _client_gone(request: Request) -> bool:
