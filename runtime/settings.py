@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     #: entries they may hold together (what bounds their memory); beyond them 429 / 503.
     max_downloads_per_client: int = Field(2, ge=1)
     max_downloads: int = Field(8, ge=1)
-    max_download_entries: int = Field(1_000_000, ge=1)
+    max_download_entries: int = Field(500_000, ge=1)
     log_level: str = "info"
     #: ``human`` (default) or ``json`` (one JSON object per line).
     log_format: Literal["human", "json"] = "human"
