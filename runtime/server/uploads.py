@@ -526,6 +526,10 @@ class _ChangeLog:
                    f"{self.what} {self.fqrn}/{self.name}: {outcome}", **fields)
 
 
+#: Kept for callers of the old name (tests/test_unpack.py reads files back with it).
+_content = downloads.file_content
+
+
 def _disposition(filename: str) -> str:
     return f"attachment; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
 
