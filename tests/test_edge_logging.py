@@ -33,7 +33,8 @@ def free_port() -> int:
 class Serve:
     """``python -m runtime serve`` in a subprocess; its stderr collected in a file."""
 
-    def __init__(self, tmp: Path, preexec=None, **env: str):  # type: ignore[no-untyped-def]
+    def __init__(self, tmp: Path, preexec=None, role: str = "all",  # type: ignore[no-untyped-def]
+                 **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "serve.log"
@@ -44,7 +45,8 @@ class Serve:
                 "CVMFS_EPHEMERAL_LOG_FORMAT": "json", **env}
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "runtime", "serve", "--port", str(self.port),
+             "--role", role],
             cwd=REPO_ROOT, env=full, stdout=subprocess.DEVNULL, stderr=self.log,
             preexec_fn=preexec)
         deadline = time.monotonic() + 30
@@ -168,6 +170,24 @@ def test_delete_ttl_and_maintenance_runs_are_one_line_each(serve: Serve) -> None
     assert runs[0]["job"] == "gc" and runs[0]["repository"] == FQRN
     assert runs[0]["outcome"] == "done" and "duration_s" in runs[0]
     assert runs[0]["objects_deleted"] == r.json()["objects_deleted"]
+    # the job ran on a worker thread and its line still carries the admin request's id
+    assert runs[0]["request_id"] == r.headers["x-request-id"]
+
+
+def test_the_gateway_role_logs_through_the_same_setup(tmp_path: Path) -> None:
+    srv = Serve(tmp_path, role="gateway", CVMFS_EPHEMERAL_LOG_LEVEL="debug")
+    try:
+        r = httpx.post(f"{srv.url}/api/v1/notifications/publish", content=b"{not json",
+                       timeout=10)
+        assert 400 <= r.status_code < 500
+        lines = srv.lines()  # every line parses as JSON: nothing bypasses the setup
+    finally:
+        srv.stop()
+    assert any(line["logger"].startswith("uvicorn") for line in lines)
+    refused = [line for line in lines if line["logger"] == "runtime.access"
+               and line.get("path") == "/api/v1/notifications/publish"]
+    assert len(refused) == 1 and refused[0]["status"] == r.status_code
+    assert refused[0]["request_id"] == r.headers["x-request-id"]
 
 
 def test_debug_level_shows_what_info_hides(tmp_path: Path) -> None:
