@@ -461,7 +461,7 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
     service.metrics.upload_bytes.labels(fqrn).inc(count.total)
     info = repo.artifact(name)
     record.update(size=info.size, revision=result.revision,
-                  refreshed=name in result.refreshed)
+                  refreshed=name in result.refreshed, **extra)
     return JSONResponse({
         "name": name, "path": f"/cvmfs/{fqrn}/{name}", "size": info.size,
         "revision": result.revision, "expires_at": iso(info.expires_at),
