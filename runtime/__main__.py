@@ -228,13 +228,14 @@ def serve(host: Optional[str] = typer.Option(
     # Bind first: a port in use must fail before the app opens repositories and before the
     # mount recipe and "startup complete" claim a server that never ran.
     sock = _bind(settings.host, settings.port)
+    from .logs import setup as setup_logging
     from .server.app import create_app, make_server
 
+    setup_logging(settings.log_level, settings.log_format)
     _warn_if_unprotected(settings)
     application = create_app(settings)
     _print_mount_instructions(settings)
-    make_server(application, host=settings.host, port=settings.port,
-                log_level=settings.log_level).run(sockets=[sock])
+    make_server(application, host=settings.host, port=settings.port).run(sockets=[sock])
 
 
 def _bind(host: str, port: int):  # -> socket.socket

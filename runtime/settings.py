@@ -133,7 +133,40 @@ class Settings(BaseSettings):
     gc_interval_s: int = Field(3600, ge=0)
     resign_interval_s: int = Field(86400, ge=0)
     scheduler: bool = True
+
+    # --- HTTP edge: connection limits, body timeout, downloads, logging (runtime/server/
+    # connection.py, bodytimeout.py, downloads.py, requestlog.py, runtime/logs.py) ---
+    #: Seconds without a byte of a request body before the request is abandoned (408; an
+    #: upload publishes nothing).
+    body_idle_timeout_s: int = Field(60, ge=1)
+    #: Largest request head (request line + headers) in bytes; beyond it 431.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    #: Seconds a request head may take to arrive (from connect, or from its first byte on a
+    #: kept-alive connection); beyond it 408.
+    header_timeout_s: float = Field(30.0, gt=0)
+    #: Open connections served at once; those beyond get 503 (lowered at start to what the
+    #: file-descriptor limit allows). Default: 20,000 for the gateway role (each notification
+    #: subscriber holds one connection and one descriptor), 1,000 for the others.
+    max_connections: int | None = Field(None, ge=1)
+    #: Directory downloads (tar streams) at once, per client address and in total, and the
+    #: entries they may hold together (what bounds their memory); beyond them 429 / 503.
+    max_downloads_per_client: int = Field(2, ge=1)
+    max_downloads: int = Field(8, ge=1)
+    max_download_entries: int = Field(500_000, ge=1)
     log_level: str = "info"
+    #: ``human`` (default) or ``json`` (one JSON object per line).
+    log_format: Literal["human", "json"] = "human"
+    #: ``api`` (default): access lines for the upload, admin and notification routes;
+    #: ``all``: also stratum 0 files, /healthz and /metrics; ``off``: refusals only.
+    access_log: Literal["api", "all", "off"] = "api"
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        from .logs import level_number
+
+        level_number(v)
+        return v.strip().lower()
 
     # --- notification gateway (runtime/gateway/) ---
     #: Seconds between keep-alives on an idle notification stream (the current message sent

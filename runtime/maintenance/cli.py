@@ -10,7 +10,6 @@ the job's JSON report; the exit status is 1 if any repository failed.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -102,8 +101,10 @@ def _run(job: str, fqrn: Optional[str], url: Optional[str], data_dir: Optional[P
         return
     from . import housekeeping as hk
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .. import logs
+
     settings = _settings(data_dir, keys_dir)
+    logs.setup("warning", settings.log_format)  # stdout is the JSON report; stderr the warnings
     repos = local_repositories(settings, fqrn)
     if job == "housekeeping":
         _emit(hk.housekeeping(repos, settings))
@@ -150,7 +151,8 @@ def register(app: typer.Typer) -> None:
         from .scheduler import Scheduler, remote_jobs, serve_forever
 
         settings = _settings(None, None)
-        logging.basicConfig(level=settings.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from .. import logs
+
+        logs.setup(settings.log_level, settings.log_format)
         scheduler = Scheduler(remote_jobs(settings, _remote(url)))
         asyncio.run(serve_forever(scheduler))

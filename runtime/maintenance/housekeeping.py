@@ -9,8 +9,10 @@ repository is reported as skipped, not as an error.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterable
 
+from .. import logs
 from ..repository import Repository
 from ..settings import Settings
 from .clean import clean
@@ -36,7 +38,31 @@ def run_resign(repo: Repository, settings: Settings, *, force: bool = False):
 
 
 def run_job(job: str, repo: Repository, settings: Settings, *, force: bool = False) -> dict:
-    """One job on one repository; its result as JSON (exceptions propagate)."""
+    """One job on one repository; its result as JSON (exceptions propagate).
+
+    Logs one line per run (job, repository, outcome, duration and the result's numbers): the
+    CLI, the admin routes and the scheduler all come through here.
+    """
+    started = time.perf_counter()
+    outcome = "failed"
+    result: dict = {}
+    try:
+        result = _run_job(job, repo, settings, force=force)
+        outcome = "done"
+        return result
+    except JobBusy:
+        outcome = "skipped"
+        raise
+    finally:
+        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+        logs.event(log, logging.INFO if outcome != "failed" else logging.ERROR,
+                   f"{job} {repo.fqrn}: {outcome}", job=job, repository=repo.fqrn,
+                   outcome=outcome, duration_s=round(time.perf_counter() - started, 6),
+                   **{k: v for k, v in numbers.items()
+                      if k not in ("job", "repository", "outcome", "duration_s")})
+
+
+def _run_job(job: str, repo: Repository, settings: Settings, *, force: bool) -> dict:
     if job == "clean":
         return clean(repo).to_json()
     if job == "gc":

@@ -40,8 +40,11 @@ from ..settings import Settings
 from ..version import __version__
 from . import admin, stratum0, uploads
 from .auth import Authorizer, load_tokens
+from .bodytimeout import BodyIdleTimeout, BodyIdleTimeoutMiddleware
+from .connection import ConnectionLimits, protocol_class, raise_nofile_limit
 from .metrics import Metrics
-from .uploads import storage_full
+from .requestlog import RequestLogMiddleware
+from .uploads import OUT_OF_DESCRIPTORS, out_of_descriptors, storage_full
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +91,21 @@ def _install_error_handlers(app: FastAPI) -> None:
             detail = "invalid request"
         return JSONResponse({"detail": detail}, status_code=422)
 
+    @app.exception_handler(BodyIdleTimeout)
+    async def stalled(request: Request, exc: BodyIdleTimeout) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=408,
+                            headers={"Connection": "close"})
+
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         if storage_full(exc):
             log.error("%s %s: the storage is full", request.method, request.url.path)
             return JSONResponse({"detail": "the server's storage is full (no space left on "
                                            "device)"}, status_code=507)
+        if out_of_descriptors(exc):
+            log.error("%s %s: out of file descriptors", request.method, request.url.path)
+            return JSONResponse({"detail": OUT_OF_DESCRIPTORS}, status_code=503,
+                                headers={"Retry-After": "1"})
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
@@ -156,6 +168,9 @@ def create_app(settings: Settings) -> FastAPI:
         admin.install(app)  # maintenance routes + embedded scheduler (runtime/server/admin.py)
     if hub is not None:
         app.router.routes.extend(gateway_routes.routes(hub))
+    # outermost last: the request id is set before anything else runs
+    app.add_middleware(BodyIdleTimeoutMiddleware, timeout_s=settings.body_idle_timeout_s)
+    app.add_middleware(RequestLogMiddleware, mode=settings.access_log)
     return app
 
 
@@ -172,8 +187,46 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def make_server(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> Server:
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+#: File descriptors kept for what is not a connection (state.db, objects being written,
+#: catalogs, helper pipes); the rest is shared at about 3 per connection (the socket, a staged
+#: file, an object store file).
+FD_RESERVE = 256
+FDS_PER_CONNECTION = 3
+#: Connection limits when ``CVMFS_EPHEMERAL_MAX_CONNECTIONS`` is unset: the gateway holds one
+#: long-lived stream per subscribed client (bench/gateway.py holds 10,000).
+DEFAULT_MAX_CONNECTIONS = 1000
+GATEWAY_MAX_CONNECTIONS = 20_000
+
+
+def connection_limits(settings: Settings, nofile: int) -> ConnectionLimits:
+    """The settings' limits, with the connection limit lowered to what ``nofile`` allows, so
+    that a busy server answers 503 instead of failing uploads with EMFILE."""
+    gateway_only = settings.role == "gateway"
+    per_connection = 1 if gateway_only else FDS_PER_CONNECTION  # a subscriber: just its socket
+    fits = max(1, (nofile - FD_RESERVE) // per_connection)
+    max_connections = settings.max_connections or (GATEWAY_MAX_CONNECTIONS if gateway_only
+                                                   else DEFAULT_MAX_CONNECTIONS)
+    if fits < max_connections:
+        log.warning("file-descriptor limit %d allows about %d connections: "
+                    "CVMFS_EPHEMERAL_MAX_CONNECTIONS lowered from %d", nofile, fits,
+                    max_connections)
+        max_connections = fits
+    return ConnectionLimits(settings.max_header_bytes, settings.header_timeout_s,
+                            max_connections)
+
+
+def make_server(app: FastAPI, *, host: str, port: int, log_level: str | None = None) -> Server:
+    """uvicorn with our connection protocol and our logging (``log_config=None``: uvicorn's
+    loggers propagate to the setup of :mod:`runtime.logs` instead of their own handlers).
+
+    Raises the file-descriptor limit to the hard limit first. ``log_level`` is accepted for
+    callers of the old signature; the level is the root logger's (``runtime.logs.setup``).
+    """
+    settings: Settings = app.state.settings
+    soft, _hard = raise_nofile_limit()
+    limits = connection_limits(settings, soft)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                            http=protocol_class(limits),
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on")
     return Server(config, app.state.hub)
 

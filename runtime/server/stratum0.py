@@ -2,6 +2,7 @@
 
 Only names a client or ``cvmfs_swissknife pull`` may ask for are served; everything else is a
 404, which also confines requests to the repository (no ``..``, no private area, no keys).
+Odd paths (overlong names, NULs, encoded slashes) are 404s too, never errors.
 Objects are immutable and cached for 3 days; the signed files are never cached. No
 ``Content-Encoding``, ``ETag`` or ``Last-Modified`` (the client hashes raw bodies and Squid
 mishandles validators). In Docker and Kubernetes nginx serves the same files with the same
@@ -20,7 +21,7 @@ from ..settings import FQRN_RE
 
 SIGNED_FILES = (".cvmfspublished", ".cvmfswhitelist", ".cvmfs_master_replica")
 OBJECT_RE = re.compile(r"^data/[0-9a-f]{2}/[0-9a-f]{38}[CPHXM]?$")
-META_RE = re.compile(r"^([a-z0-9][a-z0-9_.-]*)\.(pub|crt)$")
+META_RE = re.compile(r"^([a-z0-9][a-z0-9_.-]{0,252})\.(pub|crt)$")
 
 NO_CACHE = "no-cache, max-age=0"
 IMMUTABLE = "public, max-age=259200, immutable"
@@ -36,9 +37,16 @@ class _PlainFileResponse(FileResponse):
                 del self.headers[header]
 
 
+def _not_found() -> Response:
+    return PlainTextResponse("not found\n", status_code=404)
+
+
 def _file(path: Path, media_type: str, cache: str) -> Response:
-    if not path.is_file():
-        return PlainTextResponse("not found\n", status_code=404)
+    try:
+        if not path.is_file():
+            return _not_found()
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL: not a file here
+        return _not_found()
     return _PlainFileResponse(path, media_type=media_type, headers={"Cache-Control": cache})
 
 

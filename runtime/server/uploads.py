@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import errno
+import json
 import logging
 import time
 import urllib.parse
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -36,17 +36,18 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from .responses import JSONResponse
 
-from .. import tarstream
-from ..cvmfs.catalog import Entry
-from ..cvmfs.objects import FILE, PARTIAL
+from .. import logs
 from ..gateway.hub import Hub
 from ..gateway.notifier import Notifier
 from ..repository import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInitialized,
                           PublishResult, Repository, RepositoryError, RepositoryLocked,
                           Transaction, validate_artifact_name)
 from ..settings import Settings
-from .auth import Authorizer
+from . import downloads
+from .auth import Authorizer, Token
+from .bodytimeout import BodyIdleTimeout
 from .committer import GroupCommitter
+from .downloads import DownloadSlots
 from .metrics import Metrics
 from .unpack import ArchiveError, ArtifactTooLarge, stage_archive_async
 
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 #: of the rest of the body so the client gets to read the answer (closing a socket with unread
 #: data resets it, and the client would see a broken connection instead of the reason).
 DRAIN_LIMIT = 64 * 1024 * 1024
+#: The headers of one multipart part (a browser sends a few hundred bytes).
+MAX_PART_HEADER_BYTES = 16 * 1024
 
 _STATUS: list[tuple[type[BaseException], int]] = [
     (ArtifactTooLarge, 413), (ArchiveError, 400), (InvalidPath, 400), (ArtifactExists, 409),
@@ -72,9 +75,21 @@ def storage_full(exc: BaseException) -> bool:
 STORAGE_FULL = "the server's storage is full (no space left on device); nothing was published"
 
 
+def out_of_descriptors(exc: BaseException) -> bool:
+    """The process (EMFILE) or system (ENFILE) ran out of file descriptors: a busy server, not
+    a broken one, so the client gets 503 and may retry."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+OUT_OF_DESCRIPTORS = ("the server has too many open files right now; nothing was published, "
+                      "retry later")
+
+
 def status_for(exc: BaseException) -> int:
     if storage_full(exc):
         return 507
+    if out_of_descriptors(exc):
+        return 503
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             return status
@@ -105,8 +120,12 @@ class UploadService:
     committers: dict[str, GroupCommitter] = field(default_factory=dict)
     unpack_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(16, thread_name_prefix="unpack"))
+    downloads: DownloadSlots = field(init=False)
 
     def __post_init__(self) -> None:
+        self.downloads = DownloadSlots(self.settings.max_downloads_per_client,
+                                       self.settings.max_downloads,
+                                       self.settings.max_download_entries)
         for fqrn, repo in self.repositories.items():
             committer = GroupCommitter(repo)
             committer.on_commit = self._observe_commit
@@ -169,11 +188,18 @@ class MultipartBody:
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
         self._in_file = False
+        self._header_bytes = 0
         self.filename: str | None = None
-        self._parser = MultipartParser(boundary, {
+        try:
+            self._parser = self._make_parser(boundary)
+        except (ValueError, LookupError) as exc:
+            raise HTTPException(400, f"malformed multipart boundary: {exc}") from None
+
+    def _make_parser(self, boundary: bytes) -> MultipartParser:
+        return MultipartParser(boundary, {
             "on_part_begin": self._part_begin,
-            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
-            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_field": lambda d, s, e: self._header_piece(self._header_field, d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_piece(self._header_value, d[s:e]),
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": lambda d, s, e: self._events.append(("data", bytes(d[s:e]))),
@@ -182,6 +208,15 @@ class MultipartBody:
 
     def _part_begin(self) -> None:
         self._headers = {}
+        self._header_bytes = 0
+
+    def _header_piece(self, into: bytearray, piece: bytes) -> None:
+        """Part headers are kept only up to MAX_PART_HEADER_BYTES: beyond, the body is refused."""
+        self._header_bytes += len(piece)
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise ArchiveError(f"malformed multipart body: part headers larger than "
+                               f"{MAX_PART_HEADER_BYTES} bytes")
+        into.extend(piece)
 
     def _header_end(self) -> None:
         self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
@@ -199,7 +234,9 @@ class MultipartBody:
             return False
         try:
             self._parser.write(chunk)
-        except MultipartParseError as exc:
+        except ArchiveError:
+            raise
+        except (MultipartParseError, ValueError, LookupError) as exc:
             raise ArchiveError(f"malformed multipart body: {exc}") from exc
         return True
 
@@ -275,11 +312,64 @@ async def _stage_file(tx: Transaction, name: str, chunks: AsyncIterator[bytes],
     return content.size
 
 
+def _outcome(status: int) -> str:
+    if status < 300:
+        return "published"
+    return {408: "timed_out", 499: "abandoned"}.get(status, "refused" if status < 500 else "failed")
+
+
+def _reason(response: Response) -> str:
+    try:
+        return str(json.loads(bytes(response.body)).get("detail", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
 async def upload(service: UploadService, request: Request, fqrn: str, name: str | None,
                  *, multipart: bool, unpack: bool, overwrite: bool,
                  ttl_s: int | None) -> Response:
-    """One upload, raw (PUT) or multipart (POST): authorize, check, stream, commit, answer."""
-    service.authorizer.check(request, fqrn)
+    """One upload, logged as one line (repository, name, size, revision, duration, outcome,
+    the token's label; never the token) whatever its outcome."""
+    record: dict[str, Any] = {"repository": fqrn, "name": name, "size": 0, "revision": None,
+                              "token": None, "unpack": unpack, "overwrite": overwrite}
+    started = time.perf_counter()
+    status, reason = 500, "internal error"
+    try:
+        response = await _upload(service, request, record, fqrn, name, multipart=multipart,
+                                 unpack=unpack, overwrite=overwrite, ttl_s=ttl_s)
+        status = response.status_code
+        reason = _reason(response) if status >= 400 else ""
+        if status == 200 and record.pop("refreshed", False):
+            record["outcome"] = "refreshed"
+        return response
+    except HTTPException as exc:
+        status, reason = exc.status_code, str(exc.detail)
+        raise
+    finally:
+        outcome = record.pop("outcome", None) or _outcome(status)
+        level = (logging.INFO if status < 400 or status == 499
+                 else logging.WARNING if status < 500 else logging.ERROR)
+        fields = {**record, "status": status, "outcome": outcome,
+                  "duration_s": round(time.perf_counter() - started, 6)}
+        if reason:
+            fields["reason"] = reason
+        logs.event(log, level, f"upload {fqrn}/{record['name'] or '?'}: {outcome}", **fields)
+
+
+async def _client_gone(request: Request) -> bool:
+    """True when the client has disconnected (checked once the body is complete)."""
+    try:
+        return await request.is_disconnected()
+    except (RuntimeError, ClientDisconnect):
+        return True
+
+
+async def _upload(service: UploadService, request: Request, record: dict[str, Any], fqrn: str,
+                  name: str | None, *, multipart: bool, unpack: bool, overwrite: bool,
+                  ttl_s: int | None) -> Response:
+    """Authorize, check, stream, commit, answer."""
+    token: Token = service.authorizer.check(request, fqrn)
+    record["token"] = token.label
     repo = service.repository(fqrn)
     ttl = service.ttl(ttl_s)
     limit = service.settings.max_artifact_bytes
@@ -292,9 +382,19 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
     body: MultipartBody | None = None
     if multipart:
         body = MultipartBody(request)
-        filename = await body.start()
+        try:
+            filename = await body.start()
+        except BodyIdleTimeout as exc:
+            return _timed_out(service, fqrn, exc)
+        except ClientDisconnect:
+            return _abandoned(service, fqrn, name or "")
+        except ArchiveError as exc:
+            await _drain(body.stream, DRAIN_LIMIT)
+            service.metrics.uploads.labels(fqrn, "refused").inc()
+            return error(400, str(exc))
         if name is None:
             name = filename or ""
+            record["name"] = name
         chunks, raw_stream = body.chunks(), body.stream
     else:
         chunks = raw_stream = request.stream()
@@ -325,32 +425,44 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
             await _stage_file(tx, name, chunks, count)
             extra = {}
         tx.set_expiry(name, repo.clock() + ttl)
+    except BodyIdleTimeout as exc:
+        tx.abort()
+        return _timed_out(service, fqrn, exc)
     except ClientDisconnect:
         tx.abort()
-        service.metrics.uploads.labels(fqrn, "disconnected").inc()
-        log.info("upload of %s to %s abandoned by the client; nothing published", name, fqrn)
-        return Response(status_code=499)
+        return _abandoned(service, fqrn, name)
     except BaseException as exc:
         tx.abort()
-        if not isinstance(exc, (RepositoryError, HTTPException)) and not storage_full(exc):
+        if (not isinstance(exc, (RepositoryError, HTTPException)) and not storage_full(exc)
+                and not out_of_descriptors(exc)):
             raise
         await _drain(raw_stream, DRAIN_LIMIT)
         service.metrics.uploads.labels(fqrn, "refused").inc()
         if isinstance(exc, HTTPException):
             raise
-        return error(status_for(exc), STORAGE_FULL if storage_full(exc) else str(exc))
+        return error(status_for(exc), _detail_for(exc))
+    finally:
+        record["size"] = count.total
     upload_time = time.perf_counter() - started
+    if await _client_gone(request):
+        # the client gave up while its body was being unpacked (a busy pool): nobody waits
+        # for this revision, and publishing it later would surprise whoever retries
+        tx.abort()
+        return _abandoned(service, fqrn, name)
 
     try:
         result = await service.committers[fqrn].commit(tx)
     except (RepositoryError, OSError) as exc:
-        if not isinstance(exc, RepositoryError) and not storage_full(exc):
+        if (not isinstance(exc, RepositoryError) and not storage_full(exc)
+                and not out_of_descriptors(exc)):
             raise
         service.metrics.uploads.labels(fqrn, "refused").inc()
-        return error(status_for(exc), STORAGE_FULL if storage_full(exc) else str(exc))
+        return error(status_for(exc), _detail_for(exc))
     service.metrics.uploads.labels(fqrn, "published").inc()
     service.metrics.upload_bytes.labels(fqrn).inc(count.total)
     info = repo.artifact(name)
+    record.update(size=info.size, revision=result.revision,
+                  refreshed=name in result.refreshed, **extra)
     return JSONResponse({
         "name": name, "path": f"/cvmfs/{fqrn}/{name}", "size": info.size,
         "revision": result.revision, "expires_at": iso(info.expires_at),
@@ -359,32 +471,64 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
     })
 
 
+def _detail_for(exc: BaseException) -> str:
+    if storage_full(exc):
+        return STORAGE_FULL
+    if out_of_descriptors(exc):
+        return OUT_OF_DESCRIPTORS
+    return str(exc)
+
+
+def _timed_out(service: UploadService, fqrn: str, exc: BodyIdleTimeout) -> Response:
+    service.metrics.uploads.labels(fqrn, "timed_out").inc()
+    response = error(408, str(exc))
+    response.headers["Connection"] = "close"  # the client is stalled: do not keep it around
+    return response
+
+
+def _abandoned(service: UploadService, fqrn: str, name: str) -> Response:
+    service.metrics.uploads.labels(fqrn, "disconnected").inc()
+    return Response(status_code=499)
+
+
 # --------------------------------------------------------------------------------------------
 # reading artifacts back
 
 
-def _content(repo: Repository, entry: Entry) -> Iterator[bytes]:
-    """A file's bytes from the store: chunks in order, inflated when stored compressed."""
-    parts = ([(c.digest.hex(), PARTIAL) for c in entry.chunks] if entry.chunks
-             else [(entry.digest.hex(), FILE)] if entry.digest else [])
-    for hex_digest, suffix in parts:
-        data = repo.store.read(hex_digest, suffix)
-        yield zlib.decompress(data) if entry.compressed else data
+class _ChangeLog:
+    """One log line for a delete or a TTL change, whatever its outcome (like an upload's)."""
+
+    def __init__(self, what: str, fqrn: str, name: str):
+        self.what, self.fqrn, self.name = what, fqrn, name
+        self.token: str | None = None
+        self.revision: int | None = None
+        self.fields: dict[str, Any] = {}
+        self.status, self.reason = 500, "internal error"
+
+    def answer(self, response: Response) -> Response:
+        self.status = response.status_code
+        self.reason = _reason(response) if self.status >= 400 else ""
+        return response
+
+    def __enter__(self) -> "_ChangeLog":
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(exc, HTTPException):
+            self.status, self.reason = exc.status_code, str(exc.detail)
+        outcome = "done" if self.status < 400 else "refused" if self.status < 500 else "failed"
+        fields = {"repository": self.fqrn, "name": self.name, "revision": self.revision,
+                  "token": self.token, **self.fields, "status": self.status,
+                  "outcome": outcome, "duration_s": round(time.perf_counter() - self.started, 6)}
+        if self.reason:
+            fields["reason"] = self.reason
+        logs.event(log, logging.INFO if self.status < 400 else logging.WARNING,
+                   f"{self.what} {self.fqrn}/{self.name}: {outcome}", **fields)
 
 
-def _tar(repo: Repository, tree: dict[str, Entry]) -> Iterator[bytes]:
-    for path in sorted(tree):
-        e = tree[path]
-        name = path.lstrip("/")
-        if e.is_dir:
-            yield from tarstream.member(name, "dir", mode=e.mode, mtime=e.mtime)
-        elif e.is_symlink:
-            yield from tarstream.member(name, "symlink", mode=0o777, mtime=e.mtime,
-                                        linkname=e.symlink)
-        elif e.is_regular:
-            yield from tarstream.member(name, "file", mode=e.mode, mtime=e.mtime, size=e.size,
-                                        content=_content(repo, e))
-    yield tarstream.END_OF_ARCHIVE
+#: Kept for callers of the old name (tests/test_unpack.py reads files back with it).
+_content = downloads.file_content
 
 
 def _disposition(filename: str) -> str:
@@ -428,53 +572,80 @@ def router() -> APIRouter:
 
     @r.get("/repos/{fqrn}/{name:path}")
     async def download(request: Request, fqrn: str, name: str) -> Response:
-        repo = svc(request).repository(fqrn)
+        service = svc(request)
+        repo = service.repository(fqrn)
         try:
             validate_artifact_name(name)
-            tree = await asyncio.to_thread(repo.artifact_tree, name)
+            info = await asyncio.to_thread(repo.artifact, name)
         except RepositoryError as exc:
             return error(status_for(exc), str(exc))
+        slot = None
+        if info.kind == "dir":
+            # admitted before the tree is read: the tree is what costs memory
+            client = request.client.host if request.client else "?"
+            slot = service.downloads.acquire(client, max(1, info.files))
+        try:
+            tree = await asyncio.to_thread(repo.artifact_tree, name)
+        except BaseException as exc:
+            if slot is not None:
+                slot.release()
+            if isinstance(exc, RepositoryError):
+                return error(status_for(exc), str(exc))
+            raise
         top = tree[f"/{name}"]
         if top.is_regular:
-            return StreamingResponse(_content(repo, top), media_type="application/octet-stream",
-                                     headers={"Content-Length": str(top.size),
-                                              "Content-Disposition": _disposition(name)})
-        return StreamingResponse(_tar(repo, tree), media_type="application/x-tar",
-                                 headers={"Content-Disposition": _disposition(name + ".tar")})
+            content = downloads.file_content(repo, top)
+            return downloads.SlotResponse(downloads.stream(content, slot), slot,
+                                          media_type="application/octet-stream",
+                                          headers={"Content-Length": str(top.size),
+                                                   "Content-Disposition": _disposition(name)})
+        pieces = downloads.tar_pieces(repo, downloads.sorted_entries(tree))
+        del tree  # the sorted iterator holds what the stream still needs
+        return downloads.SlotResponse(downloads.stream(pieces, slot), slot,
+                                      media_type="application/x-tar",
+                                      headers={"Content-Disposition": _disposition(name + ".tar")})
 
     @r.delete("/repos/{fqrn}/{name:path}")
     async def delete(request: Request, fqrn: str, name: str) -> Response:
         service = svc(request)
-        service.authorizer.check(request, fqrn)
-        repo = service.repository(fqrn)
-        try:
-            validate_artifact_name(name)
-            tx = repo.begin()
-            tx.remove(name)
-            result = await service.committers[fqrn].commit(tx)
-        except RepositoryError as exc:
-            return error(status_for(exc), str(exc))
-        return JSONResponse({"name": name, "revision": result.revision,
-                             "publish_time_s": round(result.publish_time_s, 6)})
+        with _ChangeLog("delete", fqrn, name) as change:
+            change.token = service.authorizer.check(request, fqrn).label
+            repo = service.repository(fqrn)
+            try:
+                validate_artifact_name(name)
+                tx = repo.begin()
+                tx.remove(name)
+                result = await service.committers[fqrn].commit(tx)
+            except RepositoryError as exc:
+                return change.answer(error(status_for(exc), str(exc)))
+            change.revision = result.revision
+            return change.answer(JSONResponse({
+                "name": name, "revision": result.revision,
+                "publish_time_s": round(result.publish_time_s, 6)}))
 
     @r.post("/repos/{fqrn}/{name}/ttl")
     async def set_ttl(request: Request, fqrn: str, name: str,
                       ttl_s: int | None = None) -> Response:
         service = svc(request)
-        service.authorizer.check(request, fqrn)
-        repo = service.repository(fqrn)
-        if ttl_s is None:
-            return error(422, "query parameter ttl_s is required")
-        ttl = service.ttl(ttl_s)
-        try:
-            validate_artifact_name(name)
-            tx = repo.begin()
-            tx.set_expiry(name, repo.clock() + ttl)
-            result = await service.committers[fqrn].commit(tx)
-        except RepositoryError as exc:
-            return error(status_for(exc), str(exc))
-        return JSONResponse({"name": name, "revision": result.revision,
-                             "expires_at": iso(repo.artifact(name).expires_at)})
+        with _ChangeLog("ttl", fqrn, name) as change:
+            change.token = service.authorizer.check(request, fqrn).label
+            repo = service.repository(fqrn)
+            if ttl_s is None:
+                return change.answer(error(422, "query parameter ttl_s is required"))
+            ttl = service.ttl(ttl_s)
+            change.fields["ttl_s"] = ttl
+            try:
+                validate_artifact_name(name)
+                tx = repo.begin()
+                tx.set_expiry(name, repo.clock() + ttl)
+                result = await service.committers[fqrn].commit(tx)
+            except RepositoryError as exc:
+                return change.answer(error(status_for(exc), str(exc)))
+            change.revision = result.revision
+            expires = iso(repo.artifact(name).expires_at)
+            change.fields["expires_at"] = expires
+            return change.answer(JSONResponse({"name": name, "revision": result.revision,
+                                               "expires_at": expires}))
 
     @r.post("/repos/{fqrn}/notify")
     async def notify(request: Request, fqrn: str) -> Response:

@@ -1,0 +1,175 @@
+"""Downloading a directory artifact as a tar stream, at a bounded cost per client and in total.
+
+Downloads are public, so what one costs must not depend on who asks how often. Two things made
+a 1M-entry directory expensive: the tar was produced one small piece per thread hop (a header
+here, 512 bytes of padding there: three hops per entry, 251 s for 1M entries), and each download
+held its whole tree in memory (4 at once: 4.5 GB).
+
+- The tar is generated lazily in a worker thread and handed to the event loop in pieces of
+  about :data:`PIECE_BYTES` (small members are coalesced; a large file's chunks pass as they
+  are), so the number of hops follows the bytes, not the entries.
+- :class:`DownloadSlots` admits a directory download only while the client has fewer than
+  ``CVMFS_EPHEMERAL_MAX_DOWNLOADS_PER_CLIENT`` running (else 429) and the server fewer than
+  ``CVMFS_EPHEMERAL_MAX_DOWNLOADS`` whose entries together stay within
+  ``CVMFS_EPHEMERAL_MAX_DOWNLOAD_ENTRIES`` (else 503). The entry budget is what bounds memory
+  while the repository hands out a tree as a whole; an artifact larger than the budget is
+  still served when no other directory download runs.
+
+A slot is released when the stream ends, fails or the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import zlib
+from collections import Counter
+from typing import AsyncIterator, Iterable, Iterator
+
+from fastapi import HTTPException
+from starlette.responses import StreamingResponse
+
+from .. import tarstream
+from ..cvmfs.catalog import Entry
+from ..cvmfs.objects import FILE, PARTIAL
+from ..repository import Repository
+
+#: Pieces handed from the tar thread to the event loop are about this large.
+PIECE_BYTES = 256 * 1024
+
+
+def file_content(repo: Repository, entry: Entry) -> Iterator[bytes]:
+    """A file's bytes from the store: chunks in order, inflated when stored compressed."""
+    parts = ([(c.digest.hex(), PARTIAL) for c in entry.chunks] if entry.chunks
+             else [(entry.digest.hex(), FILE)] if entry.digest else [])
+    for hex_digest, suffix in parts:
+        data = repo.store.read(hex_digest, suffix)
+        yield zlib.decompress(data) if entry.compressed else data
+
+
+def _members(repo: Repository, entries: Iterable[tuple[str, Entry]]) -> Iterator[bytes]:
+    for path, e in entries:
+        name = path.lstrip("/")
+        if e.is_dir:
+            yield from tarstream.member(name, "dir", mode=e.mode, mtime=e.mtime)
+        elif e.is_symlink:
+            yield from tarstream.member(name, "symlink", mode=0o777, mtime=e.mtime,
+                                        linkname=e.symlink)
+        elif e.is_regular:
+            yield from tarstream.member(name, "file", mode=e.mode, mtime=e.mtime, size=e.size,
+                                        content=file_content(repo, e))
+    yield tarstream.END_OF_ARCHIVE
+
+
+def tar_pieces(repo: Repository, entries: Iterable[tuple[str, Entry]]) -> Iterator[bytes]:
+    """The tar of ``entries`` (parents first), coalesced into pieces of ~:data:`PIECE_BYTES`."""
+    pending: list[bytes] = []
+    size = 0
+    for piece in _members(repo, entries):
+        if len(piece) >= PIECE_BYTES:
+            if pending:
+                yield b"".join(pending)
+                pending, size = [], 0
+            yield piece
+            continue
+        pending.append(piece)
+        size += len(piece)
+        if size >= PIECE_BYTES:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def sorted_entries(tree: dict[str, Entry]) -> Iterator[tuple[str, Entry]]:
+    """A tree's entries in path order (parents before children), as the tar needs them."""
+    for path in sorted(tree):
+        yield path, tree[path]
+
+
+class DownloadSlots:
+    """Admission for directory downloads: per client address, in number and in entries."""
+
+    def __init__(self, per_client: int, total: int, entry_budget: int):
+        self.per_client = per_client
+        self.total = total
+        self.entry_budget = entry_budget
+        self._lock = threading.Lock()
+        self._clients: Counter[str] = Counter()
+        self._running = 0
+        self._entries = 0
+
+    def acquire(self, client: str, entries: int) -> "Slot":
+        """A slot for one download, or HTTPException 429 (this client) / 503 (the server)."""
+        with self._lock:
+            if self._clients[client] >= self.per_client:
+                raise HTTPException(429, f"too many directory downloads from {client} at once "
+                                         f"(limit {self.per_client}); retry later",
+                                    headers={"Retry-After": "1"})
+            over_budget = self._running and self._entries + entries > self.entry_budget
+            if self._running >= self.total or over_budget:
+                raise HTTPException(503, "the server is busy with other directory downloads; "
+                                         "retry later", headers={"Retry-After": "1"})
+            self._clients[client] += 1
+            self._running += 1
+            self._entries += entries
+        return Slot(self, client, entries)
+
+    def _release(self, client: str, entries: int) -> None:
+        with self._lock:
+            self._clients[client] -= 1
+            if self._clients[client] <= 0:
+                del self._clients[client]
+            self._running -= 1
+            self._entries -= entries
+
+    def running(self) -> int:
+        with self._lock:
+            return self._running
+
+
+class Slot:
+    """One admitted download; :meth:`release` is idempotent."""
+
+    def __init__(self, slots: DownloadSlots, client: str, entries: int):
+        self._slots, self._client, self._entries = slots, client, entries
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._slots._release(self._client, self._entries)
+
+
+async def stream(pieces: Iterator[bytes], slot: Slot | None = None) -> AsyncIterator[bytes]:
+    """Drive ``pieces`` on a worker thread, one hop per piece; release ``slot`` at the end
+    (normal end, error, or the client going away, which cancels this generator)."""
+    try:
+        while True:
+            piece = await asyncio.to_thread(next, pieces, None)
+            if piece is None:
+                return
+            yield piece
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+class SlotResponse(StreamingResponse):
+    """A streaming response that gives its download slot back however it ends (even when the
+    client leaves before the first byte, when the body iterator never starts)."""
+
+    def __init__(self, content: AsyncIterator[bytes], slot: Slot | None, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(content, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.slot is not None:
+                self.slot.release()
+
+
+__all__ = ["SlotResponse", "DownloadSlots", "PIECE_BYTES", "Slot", "file_content", "sorted_entries", "stream",
+           "tar_pieces"]
