@@ -278,7 +278,7 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
                  *, multipart: bool, unpack: bool, overwrite: bool,
                  ttl_s: int | None) -> Response:
     """One upload, raw (PUT) or multipart (POST): authorize, check, stream, commit, answer."""
-    service.authorizer.check(request, fqrn)
+    principal = await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
     repo = service.repository(fqrn)
     ttl = service.ttl(ttl_s)
     limit = service.settings.max_artifact_bytes
@@ -299,6 +299,7 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
         chunks = raw_stream = request.stream()
     assert name is not None
     try:
+        principal.authorize(fqrn, name=name, ttl_s=ttl)
         validate_artifact_name(name)
         if not overwrite and any(a.name == name for a in repo.artifacts()):
             raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}; "
@@ -444,7 +445,7 @@ def router() -> APIRouter:
     @r.delete("/repos/{fqrn}/{name:path}")
     async def delete(request: Request, fqrn: str, name: str) -> Response:
         service = svc(request)
-        service.authorizer.check(request, fqrn)
+        await service.authorizer.check(request, fqrn, name=name)
         repo = service.repository(fqrn)
         try:
             validate_artifact_name(name)
@@ -460,7 +461,7 @@ def router() -> APIRouter:
     async def set_ttl(request: Request, fqrn: str, name: str,
                       ttl_s: int | None = None) -> Response:
         service = svc(request)
-        service.authorizer.check(request, fqrn)
+        await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
         repo = service.repository(fqrn)
         if ttl_s is None:
             return error(422, "query parameter ttl_s is required")
@@ -479,7 +480,7 @@ def router() -> APIRouter:
     async def notify(request: Request, fqrn: str) -> Response:
         """Send the current revision to subscribers again (seed route)."""
         service = svc(request)
-        service.authorizer.check(request, fqrn)
+        await service.authorizer.check(request, fqrn)
         repo = service.repository(fqrn)
         if service.settings.gateway_url and service.notifier is not None:
             service.notifier.notify(fqrn, repo.manifest_bytes())
