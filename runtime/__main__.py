@@ -175,9 +175,11 @@ def _print_mount_instructions(settings: Settings) -> None:
 # Commands of the other areas register themselves here.
 from .client import upload as _client_upload  # noqa: E402
 from .maintenance import cli as _maintenance_cli  # noqa: E402
+from .auth import cli as _auth_cli  # noqa: E402
 
 _client_upload.register(app)
 _maintenance_cli.register(app)
+_auth_cli.register(app)
 
 
 def main() -> None:

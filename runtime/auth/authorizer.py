@@ -63,7 +63,7 @@ class Authorizer:
         if scheme.lower() != "bearer" or not presented:
             raise unauthorized("missing bearer token")
         if self.oidc is not None and looks_like_jwt(presented):
-            principal = await self.oidc.principal(presented, repository)
+            principal = await self.oidc.principal(presented, repository, role)
         else:
             token = match(self.tokens, presented)
             if token is None:

@@ -167,8 +167,11 @@ class Verifier:
     leeway_s: float = 60.0
     max_token_bytes: int = 8192
 
-    async def principal(self, presented: str, repository: str | None) -> Principal:
+    async def principal(self, presented: str, repository: str | None,
+                        role: str = "upload") -> Principal:
         issuer, claims = await self.verify(presented)
+        if role != "upload":
+            raise forbidden("CI identity tokens have role upload; this route needs an admin token")
         return self.match(issuer, claims, repository)
 
     async def verify(self, presented: str) -> tuple[Issuer, dict[str, Any]]:

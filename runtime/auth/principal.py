@@ -83,6 +83,11 @@ class Principal:
         if reason is not None:
             raise forbidden(reason)
 
+    def cap_ttl(self, ttl_s: int) -> int:
+        """A default TTL lowered to this identity's maximum (an explicit one above it is
+        refused by :meth:`authorize` instead)."""
+        return ttl_s if self.max_ttl_s is None else min(ttl_s, self.max_ttl_s)
+
     def provenance(self) -> dict[str, object]:
         """What an upload records about who authorised it: never a secret or a raw token."""
         out: dict[str, object] = {"kind": self.kind, "label": self.label, "role": self.role}

@@ -182,6 +182,16 @@ def wait_visible(manifest_url: str, revision: int, *, timeout_s: float = 120.0,
             time.sleep(interval_s)
 
 
+def _identity_token(provider: str, audience: str, variable: str) -> str:
+    """The job's OIDC token (runtime/client/idtoken.py); a failure is a usage error (2)."""
+    from . import idtoken
+
+    try:
+        return idtoken.obtain(provider, audience, variable=variable)  # type: ignore[arg-type]
+    except idtoken.IdTokenError as exc:
+        raise UploadFailed(str(exc), 2) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("upload")
     def upload_command(
@@ -200,11 +210,20 @@ def register(app: typer.Typer) -> None:
             None, "--public-url", help="stratum-0 URL of the repository for --wait-visible "
                                        "[<url>/cvmfs/<repo>]"),
         retries: int = typer.Option(5, "--retries", help="retries on connection/5xx errors"),
+        oidc: Optional[str] = typer.Option(
+            None, "--oidc", help="use the CI job's identity token: github | gitlab | auto"),
+        audience: Optional[str] = typer.Option(
+            None, "--audience", help="audience of the identity token [--url]"),
+        id_token_var: str = typer.Option(
+            "CVMFS_EPHEMERAL_ID_TOKEN", "--id-token-var",
+            help="GitLab: the id_tokens variable holding the token"),
     ) -> None:
-        """Upload an artifact for a CI job (token from CVMFS_EPHEMERAL_TOKEN)."""
+        """Upload an artifact for a CI job (token from CVMFS_EPHEMERAL_TOKEN, or --oidc)."""
         token = Settings().client_token()
         say = lambda m: typer.echo(m, err=True)  # noqa: E731
         try:
+            if oidc is not None:
+                token = _identity_token(oidc, audience or url.rstrip("/"), id_token_var)
             result = upload(source, url=url, repo=repo, name=name, ttl_s=ttl_s, unpack=unpack,
                             overwrite=overwrite, token=token, retries=retries,
                             progress=sys.stderr.isatty() and not as_json, log=say)

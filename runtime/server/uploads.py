@@ -280,7 +280,7 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
     """One upload, raw (PUT) or multipart (POST): authorize, check, stream, commit, answer."""
     principal = await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
     repo = service.repository(fqrn)
-    ttl = service.ttl(ttl_s)
+    ttl = principal.cap_ttl(service.ttl(ttl_s))
     limit = service.settings.max_artifact_bytes
     declared = _declared_length(request)
     slack = 64 * 1024 if multipart else 0  # multipart framing around the file bytes
@@ -299,7 +299,7 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
         chunks = raw_stream = request.stream()
     assert name is not None
     try:
-        principal.authorize(fqrn, name=name, ttl_s=ttl)
+        principal.authorize(fqrn, name=name)
         validate_artifact_name(name)
         if not overwrite and any(a.name == name for a in repo.artifacts()):
             raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}; "
