@@ -50,6 +50,7 @@ class Issuer:
         self.keys: list[SigningKey] = [SigningKey("key-1")]
         self.down = False
         self.jwks_fetches = 0
+        self.refused_while_down = 0
         self.token_requests: list[dict[str, str]] = []
         self.runner_claims: dict[str, Any] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -75,6 +76,7 @@ class Issuer:
             def do_GET(self) -> None:  # noqa: N802
                 path, _, query = self.path.partition("?")
                 if issuer.down and path != "/token":
+                    issuer.refused_while_down += 1
                     return self._json(503, {"message": "unavailable"})
                 if path == "/.well-known/openid-configuration":
                     return self._json(200, {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks",

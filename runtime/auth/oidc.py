@@ -26,6 +26,7 @@ time (``oidc_http_timeout_s``) and size (1 MiB), and concurrent requests share o
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ class KeysUnavailable(Exception):
 class _IssuerKeys:
     keys: dict[str, dict[str, Any]] | None = None
     fetched_at: float = float("-inf")  # last successful fetch
-    tried_at: float = float("-inf")  # last attempt of any kind
+    failed_at: float = float("-inf")  # last failed fetch
     kid_refresh_at: float = float("-inf")  # last refresh caused by an unknown kid
     lock: asyncio.Lock | None = None
 
@@ -100,13 +101,13 @@ class KeyCache:
 
     async def _refresh(self, issuer: Issuer, state: _IssuerKeys, *, periodic: bool) -> None:
         # a refresh that just failed is not retried by every request of a burst (they queue on
-        # the lock): at most one attempt per min(refresh_s, 5 s) unless a new kid asks for it
-        if periodic and self.clock() - state.tried_at < min(self.refresh_s, 5.0):
+        # the lock): after a failure, at most one attempt per min(refresh_s, 5 s)
+        if periodic and self.clock() - state.failed_at < min(self.refresh_s, 5.0):
             return
-        state.tried_at = self.clock()
         try:
             keys = await self._fetch(issuer)
         except (httpx.HTTPError, ValueError) as exc:
+            state.failed_at = self.clock()
             age = self.clock() - state.fetched_at
             log.warning("fetching the keys of %s failed (%s); cached keys are %s", issuer.issuer,
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
@@ -145,8 +146,6 @@ async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
             body += piece
             if len(body) > MAX_DOCUMENT_BYTES:
                 raise ValueError(f"{url} sent more than {MAX_DOCUMENT_BYTES} bytes")
-    import json
-
     data = json.loads(bytes(body))
     if not isinstance(data, dict):
         raise ValueError(f"{url} did not send a JSON object")
