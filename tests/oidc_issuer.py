@@ -51,9 +51,15 @@ class Issuer:
         self.down = False
         self.jwks_fetches = 0
         self.refused_while_down = 0
+        #: Misbehaviours: a discovery document naming another issuer, a JWKS padded past 1 MiB.
+        self.claimed_issuer: str | None = None
+        self.jwks_padding = 0
+        self.stall_s = 0.0  # a hung issuer: answer after this long
         self.token_requests: list[dict[str, str]] = []
         self.runner_claims: dict[str, Any] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -67,23 +73,32 @@ class Issuer:
 
             def _json(self, status: int, obj: object) -> None:
                 body = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a stalled answer after its timeout)
 
             def do_GET(self) -> None:  # noqa: N802
                 path, _, query = self.path.partition("?")
+                if issuer.stall_s and path != "/token":
+                    time.sleep(issuer.stall_s)
                 if issuer.down and path != "/token":
                     issuer.refused_while_down += 1
                     return self._json(503, {"message": "unavailable"})
                 if path == "/.well-known/openid-configuration":
-                    return self._json(200, {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks",
+                    return self._json(200, {"issuer": issuer.claimed_issuer or issuer.url,
+                                            "jwks_uri": f"{issuer.url}/jwks",
                                             "id_token_signing_alg_values_supported": ["RS256"]})
                 if path == "/jwks":
                     issuer.jwks_fetches += 1
-                    return self._json(200, {"keys": [k.jwk for k in issuer.keys]})
+                    doc = {"keys": [k.jwk for k in issuer.keys]}
+                    if issuer.jwks_padding:
+                        doc["padding"] = "x" * issuer.jwks_padding
+                    return self._json(200, doc)
                 if path == "/token":  # GitHub's runner endpoint
                     params = dict(urllib.parse.parse_qsl(query))
                     issuer.token_requests.append(params)

@@ -214,10 +214,43 @@ def test_a_jwks_outage_serves_cached_keys_for_the_stale_window_then_refuses(tmp_
         assert put(srv, GH_PREFIX + "c", token).status_code == 200
 
 
+def test_a_hung_issuer_delays_only_identity_tokens_and_for_a_bounded_time(tmp_path, issuers):
+    gh, _gl = issuers
+    gh.stall_s = 5.0
+    with server(tmp_path, issuers, oidc_http_timeout_s=3.0) as srv:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            started = time.monotonic()
+            waiting = pool.submit(put, srv, GH_PREFIX + "x", gh.sign(github_claims(gh.url)))
+            time.sleep(0.2)
+            plain = put(srv, "plain", TOKEN)  # served while the key fetch hangs
+            assert plain.status_code == 200 and not waiting.done()
+            r = waiting.result()
+        assert r.status_code == 503 and 2.9 < time.monotonic() - started < 4.9
+
+
 def test_static_tokens_keep_working_beside_identity_tokens(tmp_path, issuers):
     with server(tmp_path, issuers) as srv:
         assert put(srv, "plain", TOKEN).status_code == 200
         assert put(srv, "plain2", "wrong-token").status_code == 403
+
+
+@pytest.mark.parametrize("misbehaviour", ["jwks over 1 MiB", "discovery names another issuer"])
+def test_an_issuer_that_misbehaves_is_not_trusted(tmp_path, issuers, misbehaviour):
+    gh, _gl = issuers
+    if misbehaviour == "jwks over 1 MiB":
+        gh.jwks_padding = 2 * 1024 * 1024
+    else:
+        gh.claimed_issuer = "https://token.actions.githubusercontent.com"
+    with server(tmp_path, issuers) as srv:
+        repo = srv.repositories[FQRN]
+        before = snapshot(repo)
+        r = put(srv, GH_PREFIX + "x", gh.sign(github_claims(gh.url)))
+        assert r.status_code == 503 and "could not be fetched" in r.json()["detail"]
+        assert snapshot(repo) == before
+        # a static token is served meanwhile
+        assert put(srv, "plain", TOKEN).status_code == 200
 
 
 def test_identity_tokens_without_configured_issuers_are_refused(tmp_path, issuers):

@@ -97,11 +97,16 @@ def test_one_secret_configured_twice_is_refused(tmp_path):
         load_tokens(Settings(tokens_file=path))
 
 
-def test_roles_and_scopes_on_the_live_service(tmp_path):
-    with live_server(settings(tmp_path, tokens="", tokens_file=tokens_file(tmp_path))) as srv:
+def test_roles_and_scopes_on_the_live_service(tmp_path, caplog):
+    with live_server(settings(tmp_path, tokens="", tokens_file=tokens_file(tmp_path))) as srv, \
+            caplog.at_level(logging.INFO, logger="runtime.auth"):
         repo = srv.repositories[FQRN]
         assert put(srv, "build", UPLOADER).status_code == 200
         assert put(srv, "team-a-build", TEAM_A).status_code == 200
+        grant = caplog.records[-1].getMessage()
+        assert grant == (f"PUT /repos/{FQRN}/team-a-build authorised: " + json.dumps(
+            {"kind": "token", "label": "team-a", "prefix": "team-a-", "repository_scope": FQRN,
+             "role": "upload"}, sort_keys=True))
         assert put(srv, "plain-entry", PLAIN).status_code == 200
         before = snapshot(repo)
         # the prefix scope: names outside it, and deleting or re-timing others' artifacts

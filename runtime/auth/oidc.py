@@ -20,7 +20,9 @@ fetched again when older than ``oidc_jwks_cache_s``, and when a token names an u
 make the server hammer the issuer. A failed fetch keeps the cached keys in use until
 ``oidc_jwks_stale_s`` after the last successful fetch, then tokens are refused (503: the
 issuer is unreachable, the client may retry) until a fetch succeeds. Fetches are bounded in
-time (``oidc_http_timeout_s``) and size (1 MiB), and concurrent requests share one fetch.
+time (``oidc_http_timeout_s`` per operation, twice that in all) and size (1 MiB), and
+concurrent requests share one fetch. While a fetch hangs only identity-token requests of that
+issuer wait; static tokens and other issuers are served.
 """
 
 from __future__ import annotations
@@ -83,13 +85,15 @@ class KeyCache:
         state = self._state.setdefault(issuer.issuer, _IssuerKeys())
         if state.lock is None:
             state.lock = asyncio.Lock()
-        now = self.clock()
-        if state.keys is None or now - state.fetched_at > self.cache_s:
+        fetched = False
+        if state.keys is None or self.clock() - state.fetched_at > self.cache_s:
             async with state.lock:
                 if state.keys is None or self.clock() - state.fetched_at > self.cache_s:
-                    await self._refresh(issuer, state, periodic=True)
-        keys = state.keys or {}
-        if kid not in keys and self.clock() - state.kid_refresh_at >= self.refresh_s:
+                    fetched = await self._refresh(issuer, state, periodic=True)
+        # an unknown kid: the issuer may have rotated its keys. Not when this request just
+        # fetched them, nor when there are none (the issuer is failing: no bypass of its limit)
+        if not fetched and state.keys is not None and kid not in state.keys and \
+                self.clock() - state.kid_refresh_at >= self.refresh_s:
             async with state.lock:
                 if kid not in (state.keys or {}) and \
                         self.clock() - state.kid_refresh_at >= self.refresh_s:
@@ -99,21 +103,25 @@ class KeyCache:
             raise KeysUnavailable(f"the keys of issuer {issuer.issuer} could not be fetched")
         return state.keys.get(kid)
 
-    async def _refresh(self, issuer: Issuer, state: _IssuerKeys, *, periodic: bool) -> None:
+    async def _refresh(self, issuer: Issuer, state: _IssuerKeys, *, periodic: bool) -> bool:
+        """Fetch the keys again; False when skipped (a fetch failed moments ago)."""
         # a refresh that just failed is not retried by every request of a burst (they queue on
         # the lock): after a failure, at most one attempt per min(refresh_s, 5 s)
         if periodic and self.clock() - state.failed_at < min(self.refresh_s, 5.0):
-            return
+            return False
         try:
-            keys = await self._fetch(issuer)
-        except (httpx.HTTPError, ValueError) as exc:
+            # httpx's timeout is per operation; a server dripping bytes is cut by the total
+            keys = await asyncio.wait_for(self._fetch(issuer), 2 * self.timeout_s)
+        except (httpx.HTTPError, ValueError, TimeoutError) as exc:
             state.failed_at = self.clock()
             age = self.clock() - state.fetched_at
             log.warning("fetching the keys of %s failed (%s); cached keys are %s", issuer.issuer,
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                        type(exc).__name__ if isinstance(exc, httpx.TimeoutException)
+                        or not str(exc) else str(exc).splitlines()[0],
                         f"{age:.0f} s old" if state.keys is not None else "absent")
-            return
+            return True
         state.keys, state.fetched_at = keys, self.clock()
+        return True
 
     async def _fetch(self, issuer: Issuer) -> dict[str, dict[str, Any]]:
         self.fetches += 1
