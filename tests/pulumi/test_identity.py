@@ -122,3 +122,14 @@ def test_an_admin_token_cannot_have_a_prefix():
     with pytest.raises(ConfigError, match="admin token cannot have a prefix"):
         parse_stack_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()},
                            {"tokens", "maintenanceToken"})
+
+
+def test_kubernetes_passes_the_oidc_configuration_too():
+    from conftest import kubernetes_config
+
+    p = run_program(kubernetes_config(oidc={"issuers": [GITLAB]}))
+    deployment = p.get("kubernetes:apps/v1:Deployment", "cvmfs-test-upload")
+    containers = deployment.inputs["spec"]["template"]["spec"]["containers"]
+    upload = next(c for c in containers if c["name"] == "upload")
+    env = {e["name"]: e.get("value") for e in upload.get("env", [])}
+    assert json.loads(env["CVMFS_EPHEMERAL_OIDC"])["issuers"][0]["issuer"] == GITLAB["issuer"]
