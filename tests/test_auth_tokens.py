@@ -114,6 +114,10 @@ def test_roles_and_scopes_on_the_live_service(tmp_path, caplog):
         assert r.status_code == 403 and r.json()["detail"] == \
             "artifact name must start with 'team-a-' for 'team-a'"
         assert put(srv, "team-ab", TEAM_A).status_code == 403
+        # the multipart route names the artifact inside the body: checked once it is read
+        multipart = httpx.post(f"{srv.url}/repos/{FQRN}", headers=auth(TEAM_A), timeout=30,
+                               files={"file": ("build3", b"x" * 100_000)})
+        assert multipart.status_code == 403 and "team-a-" in multipart.json()["detail"]
         assert httpx.delete(f"{srv.url}/repos/{FQRN}/build", headers=auth(TEAM_A)).status_code == 403
         assert httpx.post(f"{srv.url}/repos/{FQRN}/build/ttl", params={"ttl_s": 60},
                           headers=auth(TEAM_A)).status_code == 403
@@ -130,13 +134,16 @@ def test_roles_and_scopes_on_the_live_service(tmp_path, caplog):
         assert post(srv, f"/repos/{FQRN}/clean", REPO_ADMIN).status_code == 403
         assert post(srv, "/clean", REPO_ADMIN).status_code == 403
         assert snapshot(repo) == before
+        assert httpx.post(f"{srv.url}/repos/{FQRN}", headers=auth(TEAM_A), timeout=30,
+                          files={"file": ("team-a-mp", b"x")}).status_code == 200
         # the unscoped admin does everything; legacy lines keep their old meaning
         assert post(srv, "/clean", ADMIN).status_code == 200
         assert put(srv, "by-admin", ADMIN).status_code == 200
         assert put(srv, "legacy", LEGACY, repo=OTHER).status_code == 200
         assert post(srv, f"/repos/{OTHER}/clean", LEGACY).status_code == 200
-        assert httpx.delete(f"{srv.url}/repos/{FQRN}/team-a-build",
-                            headers=auth(TEAM_A)).status_code == 200
+        for name in ("team-a-build", "team-a-mp"):
+            assert httpx.delete(f"{srv.url}/repos/{FQRN}/{name}",
+                                headers=auth(TEAM_A)).status_code == 200
         assert put(srv, "y", "cvmfse_not-a-configured-secret").status_code == 403
 
 
