@@ -72,6 +72,7 @@ class Authorizer:
                 raise forbidden("invalid token")
             principal = token.principal()
         principal.authorize(repository, name=name, ttl_s=ttl_s, role=role)
-        log.info("%s %s authorised: %s", request.method, request.url.path,
-                 json.dumps(principal.provenance(), sort_keys=True))
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s %s authorised: %s", request.method, request.url.path,
+                     json.dumps(principal.provenance(), sort_keys=True))
         return principal

@@ -173,6 +173,7 @@ class Verifier:
     keys: KeyCache
     leeway_s: float = 60.0
     max_token_bytes: int = 8192
+    _parsed: dict[tuple[str, str, str, str], Any] = field(default_factory=dict, repr=False)
 
     async def principal(self, presented: str, repository: str | None,
                         role: str = "upload") -> Principal:
@@ -186,8 +187,8 @@ class Verifier:
         if len(presented) > self.max_token_bytes:
             raise unauthorized(f"identity token larger than {self.max_token_bytes} bytes")
         try:
-            header = jwt.get_unverified_header(presented)
-            unverified = jwt.decode(presented, options={"verify_signature": False})
+            parsed = jwt.decode_complete(presented, options={"verify_signature": False})
+            header, unverified = parsed["header"], parsed["payload"]
         except jwt.PyJWTError:
             raise unauthorized("malformed identity token") from None
         alg = header.get("alg")
@@ -212,7 +213,7 @@ class Verifier:
                 jwk.get("alg", alg) != alg:
             raise unauthorized(f"identity token algorithm {alg} does not fit its key")
         try:
-            key = jwt.PyJWK(jwk, algorithm=alg).key
+            key = self._key(issuer, kid, jwk, alg)
             claims = jwt.decode(
                 presented, key, algorithms=[alg], audience=issuer.audience, issuer=issuer.issuer,
                 leeway=self.leeway_s,
@@ -230,6 +231,16 @@ class Verifier:
         if float(claims["iat"]) > time.time() + self.leeway_s:
             raise unauthorized("identity token is not valid yet (issued in the future)")
         return issuer, claims
+
+    def _key(self, issuer: Issuer, kid: str, jwk: dict[str, Any], alg: str) -> Any:
+        """The public key object of ``jwk``, parsed once (parsing costs more than verifying)."""
+        ident = (issuer.issuer, kid, json.dumps(jwk, sort_keys=True), alg)
+        key = self._parsed.get(ident)
+        if key is None:
+            if len(self._parsed) >= 64:  # rotation leaves old entries behind: start afresh
+                self._parsed.clear()
+            key = self._parsed[ident] = jwt.PyJWK(jwk, algorithm=alg).key
+        return key
 
     def match(self, issuer: Issuer, claims: dict[str, Any], repository: str | None) -> Principal:
         """The first policy whose claims match and that names ``repository``; 403 otherwise."""
