@@ -205,10 +205,21 @@ class StorageSpec(_Model):
 
 
 class TokenSpec(_Model):
-    """One upload token; ``repository`` restricts it to one repository."""
+    """One static token; ``repository`` restricts it to one repository, ``prefix`` to artifact
+    names starting with it. ``role: admin`` also reaches the maintenance routes."""
 
     token: str = Field(min_length=16)
     repository: Optional[str] = None
+    #: Names the token in logs, provenance and the ``tokenScopes`` output; default ``upload-<n>``.
+    label: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,127}$")
+    role: Literal["upload", "admin"] = "upload"
+    prefix: Optional[str] = Field(None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _admin_prefix(self) -> "TokenSpec":
+        if self.role == "admin" and self.prefix is not None:
+            raise ValueError("an admin token cannot have a prefix")
+        return self
 
     @field_validator("token")
     @classmethod
@@ -216,6 +227,47 @@ class TokenSpec(_Model):
         if any(c.isspace() for c in value):
             raise ValueError("a token must not contain whitespace")
         return value
+
+
+class OidcPolicySpec(_Model):
+    """A trust policy: claim matchers -> repository and namespace prefix (runtime/auth/policy.py)."""
+
+    name: str = ""
+    claims: dict[str, Any] = Field(min_length=1)
+    repository: str
+    prefix: Optional[str] = None
+    role: Literal["upload"] = "upload"
+    max_ttl_s: Optional[int] = Field(None, gt=0)
+    quota_bytes: Optional[int] = Field(None, gt=0)
+
+
+class OidcIssuerSpec(_Model):
+    """A trusted CI identity issuer (GitHub.com/GHES, GitLab.com/self-managed)."""
+
+    issuer: str
+    audience: str = Field(min_length=1)
+    name: str = ""
+    jwks_uri: Optional[str] = None
+    web_url: Optional[str] = None
+    policies: list[OidcPolicySpec] = Field(min_length=1)
+
+    @field_validator("issuer", "jwks_uri", "web_url")
+    @classmethod
+    def _https(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError(f"{value!r} must be an https URL")
+        return value
+
+
+class OidcSpec(_Model):
+    """Trusted publishing: CI jobs authenticate with their identity token, no stored secret."""
+
+    issuers: list[OidcIssuerSpec] = Field(default_factory=list)
+
+    def runtime_json(self) -> str:
+        """``CVMFS_EPHEMERAL_OIDC``: snake_case keys, compact and key-sorted (stable)."""
+        data = {"issuers": [i.model_dump(by_alias=False, exclude_none=True) for i in self.issuers]}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 class ImportedKeySpec(_Model):
@@ -343,6 +395,7 @@ class StackConfig(_Model):
     storage: StorageSpec = StorageSpec()
     tokens: list[TokenSpec] = Field(default_factory=list)
     maintenance_token: Optional[str] = Field(None, min_length=16)
+    oidc: OidcSpec = OidcSpec()
     imported_keys: dict[str, ImportedKeySpec] = Field(default_factory=dict)
     limits: LimitsSpec = LimitsSpec()
     signing: SigningSpec = SigningSpec()
@@ -380,6 +433,14 @@ class StackConfig(_Model):
                 raise ValueError(
                     f"tokens[{i}].repository {token.repository!r} is not in repositories"
                 )
+        labels = [t.label for t in self.tokens if t.label is not None]
+        if len(labels) != len(set(labels)) or "maintenance" in labels:
+            raise ValueError("token labels must be unique and not 'maintenance'")
+        for i, issuer in enumerate(self.oidc.issuers):
+            for j, policy in enumerate(issuer.policies):
+                if policy.repository not in names:
+                    raise ValueError(f"oidc.issuers[{i}].policies[{j}].repository "
+                                     f"{policy.repository!r} is not in repositories")
         return self
 
     @property

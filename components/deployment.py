@@ -7,6 +7,8 @@ outputs. It holds no platform logic: that is in ``targets/``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -37,9 +39,33 @@ class DeploymentArgs:
     target: Optional[Target] = None
 
 
-def tokens_file(admin: str, uploads: list[tuple[str, Optional[str]]]) -> str:
-    """The runtime's tokens file: one token per line, optionally followed by its repository."""
-    lines = [admin] + [f"{token} {repo}" if repo else token for token, repo in uploads]
+@dataclass(frozen=True)
+class TokenGrant:
+    """What a static token may do; its secret travels separately, as a secret Output."""
+
+    label: str
+    role: str = "upload"
+    repository: Optional[str] = None
+    prefix: Optional[str] = None
+
+    def scope(self) -> dict[str, str]:
+        """The plain ``tokenScopes`` entry (no secret, no hash)."""
+        out = {"label": self.label, "role": self.role}
+        if self.repository is not None:
+            out["repository"] = self.repository
+        if self.prefix is not None:
+            out["prefix"] = self.prefix
+        return out
+
+
+def tokens_file(grants: list[tuple[str, TokenGrant]]) -> str:
+    """The runtime's tokens file: one JSON object per line holding the secret's SHA-256 only,
+    so the file (a Docker volume, a Kubernetes Secret) discloses no credential."""
+    lines = [
+        json.dumps({**grant.scope(), "sha256": hashlib.sha256(secret.encode()).hexdigest()},
+                   sort_keys=True)
+        for secret, grant in grants
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -77,16 +103,22 @@ class Deployment(pulumi.ComponentResource):
         )
         if config.tokens:
             upload_tokens = [
-                (pulumi.Output.secret(t.token), t.repository) for t in config.tokens
+                (pulumi.Output.secret(t.token),
+                 TokenGrant(t.label or f"upload-{i + 1}", t.role, t.repository, t.prefix))
+                for i, t in enumerate(config.tokens)
             ]
         else:
-            # No token configured: generate one unscoped upload token (a secret stack output).
-            upload_tokens = [(self._token(f"{name}-upload-token", None, child), None)]
+            # No token configured: generate one upload token per repository, scoped to it (the
+            # first keeps the resource name of the former single token: its value survives).
+            upload_tokens = [
+                (self._token(f"{name}-upload-token" + (f"-{repo.fqrn}" if i else ""), None, child),
+                 TokenGrant(f"upload-{repo.fqrn}", "upload", repo.fqrn))
+                for i, repo in enumerate(config.repositories)
+            ]
+        grants = [TokenGrant("maintenance", "admin")] + [g for _, g in upload_tokens]
         tokens = pulumi.Output.secret(
             pulumi.Output.all(admin_token, *(t for t, _ in upload_tokens)).apply(
-                lambda values: tokens_file(
-                    values[0], list(zip(values[1:], (r for _, r in upload_tokens)))
-                )
+                lambda values: tokens_file(list(zip(values, grants)))
             )
         )
 
@@ -193,6 +225,15 @@ class Deployment(pulumi.ComponentResource):
             "uploadTokens": pulumi.Output.secret(
                 pulumi.Output.all(*(t for t, _ in upload_tokens))
             ),
+            # labels and scopes of the tokens, in the order of uploadTokens (plain: no secrets)
+            "tokenScopes": [g.scope() for _, g in upload_tokens],
+            "maintenanceTokenScope": grants[0].scope(),
+            "oidcIssuers": [
+                {"issuer": i.issuer, "audience": i.audience,
+                 "policies": [{"name": p.name, "repository": p.repository, "prefix": p.prefix}
+                              for p in i.policies]}
+                for i in config.oidc.issuers
+            ],
         }
         self.register_outputs(self.outputs)
 

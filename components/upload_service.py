@@ -35,7 +35,7 @@ class UploadServiceArgs:
     public_url: str
     #: ``<fqrn>.key|.crt|.masterkey|.pub`` of every repository (private ones as secret Outputs).
     key_files: Mapping[str, pulumi.Input[str]]
-    #: The tokens file (secret Output): one token per line, optionally followed by a repository.
+    #: The tokens file (secret Output): one JSON object per line (label, role, scopes, sha256).
     tokens_file: pulumi.Output[str]
 
 
@@ -59,6 +59,7 @@ class UploadService(pulumi.ComponentResource):
                 keys_dir=contract.KEYS_DIR,
                 repositories=args.repositories_json,
                 tokens_file=contract.TOKENS_FILE,
+                oidc=config.oidc.runtime_json() if config.oidc.issuers else None,
                 gateway_url=args.gateway_api_url,
                 public_url=args.public_url,
                 max_artifact_bytes=config.limits.max_artifact_bytes,

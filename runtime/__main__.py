@@ -299,9 +299,11 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 # dependencies lazily, inside the commands).
 from .client import upload as _client_upload  # noqa: E402
 from .maintenance import cli as _maintenance_cli  # noqa: E402
+from .auth import cli as _auth_cli  # noqa: E402
 
 _client_upload.register(app)
 _maintenance_cli.register(app)
+_auth_cli.register(app)
 
 
 def main() -> None:

@@ -122,6 +122,23 @@ class Settings(BaseSettings):
     #: or a file holding it (how the Docker and Kubernetes targets mount it).
     token: str = Field("", repr=False)
     token_file: Path | None = None
+    # --- authentication (runtime/auth): trusted publishing with CI identity tokens ---------
+    #: Trusted issuers and their policies, JSON (see runtime/auth/policy.py and README).
+    oidc: str = ""
+    #: The same as a YAML (or JSON) file; issuers of both are used.
+    oidc_file: Path | None = None
+    #: Clock skew accepted on exp/nbf/iat, seconds.
+    oidc_leeway_s: float = Field(60.0, ge=0, le=300)
+    #: Keys are fetched again when older than this.
+    oidc_jwks_cache_s: float = Field(300.0, ge=0)
+    #: An unknown key id refreshes the keys at most this often (per issuer).
+    oidc_jwks_refresh_s: float = Field(60.0, ge=0)
+    #: Cached keys stay usable this long after the last successful fetch when fetches fail.
+    oidc_jwks_stale_s: float = Field(3600.0, ge=0)
+    oidc_http_timeout_s: float = Field(5.0, gt=0, le=60)
+    #: Larger identity tokens are refused unread (GitHub's are about 1.5 KiB).
+    oidc_max_token_bytes: int = Field(8192, ge=1024, le=16384)
+    # --- end of authentication ---------------------------------------------------------------
     max_artifact_bytes: int = Field(4 * 1024**3, ge=1)
     default_ttl_s: int = Field(7200, ge=1)
     max_ttl_s: int = Field(30 * 24 * 3600, ge=1)

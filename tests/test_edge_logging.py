@@ -224,7 +224,7 @@ def test_an_unknown_log_level_is_refused_at_start(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "runtime", "serve", "--port", "1"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "log_level" in proc.stderr and "chatty" in proc.stderr
+    assert "CVMFS_EPHEMERAL_LOG_LEVEL" in proc.stderr and "chatty" in proc.stderr
 
 
 def _low_nofile() -> None:

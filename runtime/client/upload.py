@@ -196,6 +196,16 @@ def wait_visible(manifest_url: str, revision: int, *, timeout_s: float = 120.0,
             time.sleep(interval_s)
 
 
+def _identity_token(provider: str, audience: str, variable: str) -> str:
+    """The job's OIDC token (runtime/client/idtoken.py); a failure is a usage error (2)."""
+    from . import idtoken
+
+    try:
+        return idtoken.obtain(provider, audience, variable=variable)  # type: ignore[arg-type]
+    except idtoken.IdTokenError as exc:
+        raise UploadFailed(str(exc), 2) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("upload")
     def upload_command(
@@ -226,15 +236,28 @@ def register(app: typer.Typer) -> None:
             show_default="URL/cvmfs/FQRN"),
         retries: int = typer.Option(5, "--retries", metavar="N",
                                     help="Retries on connection errors and 5xx answers."),
+        oidc: Optional[str] = typer.Option(
+            None, "--oidc", metavar="PROVIDER",
+            help="Authenticate with the CI job's identity token: github, gitlab or auto.",
+            show_default="a static token"),
+        audience: Optional[str] = typer.Option(
+            None, "--audience", metavar="AUD", help="Audience of the identity token.",
+            show_default="--url"),
+        id_token_var: str = typer.Option(
+            "CVMFS_EPHEMERAL_ID_TOKEN", "--id-token-var", metavar="VAR",
+            help="GitLab: the id_tokens variable holding the token."),
     ) -> None:
         """Upload an artifact for a CI job (token from CVMFS_EPHEMERAL_TOKEN or
-        CVMFS_EPHEMERAL_TOKEN_FILE, never from the command line)."""
+        CVMFS_EPHEMERAL_TOKEN_FILE, or the job's identity token with --oidc; never from the
+        command line)."""
         check_url(url)
         if public_url is not None:
             check_url(public_url, "--public-url", served_tree=True)
         token = client_token()
         say = lambda m: typer.echo(m, err=True)  # noqa: E731
         try:
+            if oidc is not None:
+                token = _identity_token(oidc, audience or url.rstrip("/"), id_token_var)
             result = upload(source, url=url, repo=repo, name=name or as_, ttl_s=ttl_s,
                             unpack=unpack, overwrite=overwrite, token=token, retries=retries,
                             progress=sys.stderr.isatty() and not as_json, log=say)

@@ -3,9 +3,10 @@
 Routes (``POST``, bearer token required; JSON results with numbers):
 
 - ``/repos/{repo}/clean``, ``/repos/{repo}/gc``, ``/repos/{repo}/resign[?force=true]``: one
-  repository; a token scoped to that repository is enough.
+  repository; an admin token scoped to that repository is enough.
 - ``/clean``, ``/gc``, ``/resign[?force=true]``, ``/housekeeping``: every repository the service
-  writes; a token without repository scope is required (403 otherwise).
+  writes; an admin token without repository scope is required (403 otherwise). Upload
+  tokens and CI identity tokens never reach the maintenance routes.
 
 A job already running on a repository answers 409 (per-repository routes) or is reported as
 ``skipped`` (global routes). The blocking work runs in a worker thread, so uploads and reads
@@ -37,8 +38,8 @@ def _repositories(request: Request) -> dict[str, Repository]:
     return request.app.state.repositories
 
 
-def _repository(request: Request, fqrn: str) -> Repository:
-    request.app.state.authorizer.check(request, fqrn)
+async def _repository(request: Request, fqrn: str) -> Repository:
+    await request.app.state.authorizer.check(request, fqrn, role="admin")
     repo = _repositories(request).get(fqrn)
     if repo is None:
         raise HTTPException(404, f"repository {fqrn} is not served here")
@@ -46,7 +47,7 @@ def _repository(request: Request, fqrn: str) -> Repository:
 
 
 async def _run_one(request: Request, job: str, fqrn: str, force: bool = False) -> JSONResponse:
-    repo = _repository(request, fqrn)
+    repo = await _repository(request, fqrn)
     settings = request.app.state.settings
     try:
         result = await asyncio.to_thread(hk.run_job, job, repo, settings, force=force)
@@ -58,7 +59,7 @@ async def _run_one(request: Request, job: str, fqrn: str, force: bool = False) -
 
 
 async def _run_all(request: Request, job: str, force: bool = False) -> JSONResponse:
-    request.app.state.authorizer.check(request, None)
+    await request.app.state.authorizer.check(request, None, role="admin")
     settings = request.app.state.settings
     repos = list(_repositories(request).values())
     if job == "housekeeping":

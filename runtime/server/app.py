@@ -39,7 +39,7 @@ from ..repository import Repository
 from ..settings import Settings
 from ..version import __version__
 from . import admin, stratum0, uploads
-from .auth import Authorizer, load_tokens
+from .auth import Authorizer
 from .bodytimeout import BodyIdleTimeout, BodyIdleTimeoutMiddleware
 from .connection import ConnectionLimits, protocol_class, raise_nofile_limit
 from .metrics import Metrics
@@ -116,7 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
     hub = Hub.from_settings(settings) if settings.role in ("all", "gateway") else None
     notifier = _make_notifier(settings, hub) if writes else None
     metrics = Metrics(repositories, hub.subscriber_counts if hub is not None else None)
-    authorizer = Authorizer(load_tokens(settings))
+    authorizer = Authorizer.from_settings(settings)
     service = uploads.UploadService(settings, repositories, authorizer, metrics, hub=hub,
                                     notifier=notifier)
     if hub is not None:

@@ -368,10 +368,10 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
                   name: str | None, *, multipart: bool, unpack: bool, overwrite: bool,
                   ttl_s: int | None) -> Response:
     """Authorize, check, stream, commit, answer."""
-    token: Token = service.authorizer.check(request, fqrn)
-    record["token"] = token.label
+    principal = await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
+    record["token"] = principal.label
     repo = service.repository(fqrn)
-    ttl = service.ttl(ttl_s)
+    ttl = principal.cap_ttl(service.ttl(ttl_s))
     limit = service.settings.max_artifact_bytes
     declared = _declared_length(request)
     slack = 64 * 1024 if multipart else 0  # multipart framing around the file bytes
@@ -400,6 +400,7 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         chunks = raw_stream = request.stream()
     assert name is not None
     try:
+        principal.authorize(fqrn, name=name)
         validate_artifact_name(name)
         if not overwrite and any(a.name == name for a in repo.artifacts()):
             raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}; "
@@ -609,7 +610,7 @@ def router() -> APIRouter:
     async def delete(request: Request, fqrn: str, name: str) -> Response:
         service = svc(request)
         with _ChangeLog("delete", fqrn, name) as change:
-            change.token = service.authorizer.check(request, fqrn).label
+            change.token = (await service.authorizer.check(request, fqrn, name=name)).label
             repo = service.repository(fqrn)
             try:
                 validate_artifact_name(name)
@@ -628,7 +629,8 @@ def router() -> APIRouter:
                       ttl_s: int | None = None) -> Response:
         service = svc(request)
         with _ChangeLog("ttl", fqrn, name) as change:
-            change.token = service.authorizer.check(request, fqrn).label
+            change.token = (await service.authorizer.check(request, fqrn, name=name,
+                                                           ttl_s=ttl_s)).label
             repo = service.repository(fqrn)
             if ttl_s is None:
                 return change.answer(error(422, "query parameter ttl_s is required"))
@@ -651,7 +653,7 @@ def router() -> APIRouter:
     async def notify(request: Request, fqrn: str) -> Response:
         """Send the current revision to subscribers again (seed route)."""
         service = svc(request)
-        service.authorizer.check(request, fqrn)
+        await service.authorizer.check(request, fqrn)
         repo = service.repository(fqrn)
         if service.settings.gateway_url and service.notifier is not None:
             service.notifier.notify(fqrn, repo.manifest_bytes())

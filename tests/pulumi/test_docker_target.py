@@ -10,6 +10,7 @@ from components import contract
 from components.image import image_tag
 from conftest import ADMIN_TOKEN, FQRN, SCOPED_TOKEN, UPLOAD_TOKEN, docker_config
 from harness import run_program
+from test_identity import EXPECTED_TOKENS_FILE
 
 CONTAINER = "docker:index/container:Container"
 VOLUME = "docker:index/volume:Volume"
@@ -181,7 +182,7 @@ def test_upload_service(docker_program):
         assert upload["permissions"] == "0400"
     tokens = loader.inputs["uploads"]
     tokens_file = next(u["content"] for u in tokens if u["file"].endswith("/tokens"))
-    assert tokens_file == f"{ADMIN_TOKEN}\n{UPLOAD_TOKEN}\n{SCOPED_TOKEN} nightly.example.org\n"
+    assert tokens_file == EXPECTED_TOKENS_FILE  # hashes only (tests/pulumi/test_identity.py)
     key = next(u["content"] for u in tokens if u["file"].endswith(f"{FQRN}.key"))
     assert key.startswith("-----BEGIN RSA PRIVATE KEY-----")
     pub = next(u["content"] for u in tokens if u["file"].endswith(f"{FQRN}.pub"))
@@ -316,10 +317,17 @@ def test_generated_tokens_when_none_configured():
     p = run_program(raw)
     assert p.names("random:index/randomPassword:RandomPassword") == [
         "cvmfs-test-maintenance-token", "cvmfs-test-upload-token",
+        "cvmfs-test-upload-token-nightly.example.org",
     ]
     generated = p.get("random:index/randomPassword:RandomPassword", "cvmfs-test-upload-token")
     assert generated.inputs["length"] >= 32 and generated.inputs["special"] is False
-    assert len(p.outputs["uploadTokens"]) == 1
+    # one upload token per repository, scoped to it; the maintenance token is separate
+    assert len(p.outputs["uploadTokens"]) == 2
+    assert p.outputs["tokenScopes"] == [
+        {"label": f"upload-{FQRN}", "role": "upload", "repository": FQRN},
+        {"label": "upload-nightly.example.org", "role": "upload",
+         "repository": "nightly.example.org"},
+    ]
 
 
 def test_verify_can_be_disabled():
