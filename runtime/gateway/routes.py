@@ -107,9 +107,10 @@ def _transport_of(receive: Receive) -> Any:
     ASGI gives an app no handle on its connection, but dropping a subscriber that stopped
     reading needs one: returning from the app makes uvicorn *close* the transport, which waits
     to flush to a peer that never reads (the socket and its buffers stay forever); ``abort()``
-    frees them at once. Starlette hands a raw ASGI route ``receive`` unwrapped.
+    frees them at once. Middlewares that wrap ``receive`` keep the original as ``__wrapped__``
+    (the :func:`functools.wraps` convention), which is followed back to uvicorn's method.
     """
-    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    transport = getattr(getattr(_server_receive(receive), "__self__", None), "transport", None)
     if all(hasattr(transport, name) for name in ("abort", "get_extra_info",
                                                   "set_write_buffer_limits")):
         return transport
@@ -119,7 +120,18 @@ def _transport_of(receive: Receive) -> Any:
 def _chunked(receive: Receive) -> bool:
     """Whether uvicorn frames this response as HTTP/1.1 chunks (it does for an open-ended
     body); only then may chunks be written to the transport beside it."""
-    return getattr(getattr(receive, "__self__", None), "chunked_encoding", None) is True
+    return getattr(getattr(_server_receive(receive), "__self__", None), "chunked_encoding",
+                   None) is True
+
+
+def _server_receive(receive: Receive) -> Receive:
+    """``receive`` as the server made it, through middlewares' ``__wrapped__`` links."""
+    for _ in range(16):
+        inner = getattr(receive, "__wrapped__", None)
+        if inner is None:
+            break
+        receive = inner
+    return receive
 
 
 def _bound_buffers(transport: Any, limit: int) -> None:

@@ -65,6 +65,7 @@ class BodyIdleTimeoutMiddleware:
                 state["complete"] = True
             return message
 
+        guarded.__wrapped__ = receive  # type: ignore[attr-defined]  # see gateway/routes.py
         await self.app(scope, guarded, send)
 
 
