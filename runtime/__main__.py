@@ -79,9 +79,9 @@ def publish(fqrn: str, source: Path = typer.Argument(..., help="directory or tar
             if source.is_dir():
                 tx.add_tree(source, as_)
             elif source.is_file():
-                from .server.unpack import stage_archive  # tar support lives with uploads
+                from .ingest import IngestLimits, stage_archive
                 with open(source, "rb") as fh:
-                    stage_archive(tx, as_, fh)
+                    stage_archive(tx, as_, fh, limits=IngestLimits.from_settings(settings))
             else:
                 _fail(f"{source}: no such file or directory", 2)
             if ttl_s is not None:

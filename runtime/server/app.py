@@ -36,6 +36,7 @@ from ..gateway import routes as gateway_routes
 from ..gateway.hub import Hub
 from ..gateway.notifier import HttpNotifier, LocalNotifier, Notifier
 from ..gateway.source import ManifestSource
+from ..ingest import IngestLimits, UnpackPool
 from ..repository import Repository
 from ..settings import Settings
 from . import admin, stratum0, uploads
@@ -107,6 +108,10 @@ def create_app(settings: Settings) -> FastAPI:
     authorizer = Authorizer(load_tokens(settings))
     service = uploads.UploadService(settings, repositories, authorizer, metrics, hub=hub,
                                     notifier=notifier)
+    # archive parsing: fair slots per repository and the ingest limits (runtime/ingest/pool.py)
+    service.unpack_pool.shutdown(wait=False)
+    service.unpack_pool = UnpackPool(settings.unpack_workers, settings.unpack_workers_per_tenant,
+                                     IngestLimits.from_settings(settings))
     if hub is not None:
         hub.pushed.append(lambda fqrn, _rev: metrics.notifications.labels(fqrn).inc())
     if notifier is not None:
