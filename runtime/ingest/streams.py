@@ -173,7 +173,8 @@ class Decompressed(io.RawIOBase):
         if self._zlib:
             self._in = dec.unconsumed_tail  # type: ignore[attr-defined]
         if dec.eof:  # type: ignore[attr-defined]
-            self._in = dec.unused_data + self._in  # type: ignore[attr-defined]
+            # everything after the member's end (zlib may leave a stale unconsumed_tail)
+            self._in = dec.unused_data  # type: ignore[attr-defined]
             self._dec = None
             self._members += 1
         elif at_end and not out:
