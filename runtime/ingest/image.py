@@ -214,9 +214,11 @@ class _Resolver:
         """The directory node at ``parts`` (every component followed); with ``create``,
         missing directories are implied (Docker's ``MkdirAll``); None if missing otherwise."""
         node, path = self.root, []  # type: ignore[var-annotated]
-        stack = list(reversed([p for p in parts]))
+        # (component, named by a symlink target): what a link names must exist (the kernel
+        # does not create it); what the member names below it is created like MkdirAll does
+        stack = [(p, False) for p in reversed(parts)]
         while stack:
-            p = stack.pop()
+            p, linked = stack.pop()
             if p in ("", "."):
                 continue
             if p == "..":
@@ -229,17 +231,13 @@ class _Resolver:
                 if hops > MAX_SYMLINK_HOPS:
                     raise ArchiveError(f"image layer member {what!r}: too many symbolic links")
                 target = child.record.target
-                comps = target.split("/")
                 if target.startswith("/"):
-                    path = []
-                    node = self.root
-                stack.extend(reversed(comps))
+                    node, path = self.root, []
+                stack.extend((c, True) for c in reversed(target.split("/")))
                 continue
             if child is None:
-                if not create:
+                if not create or linked:
                     return None
-                if p in node.children:  # pragma: no cover - handled above
-                    pass
                 child = node.children[p] = _Node()
             elif not child.is_dir():
                 if not create:
