@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import lzma
 import tarfile
+import zlib
 from typing import BinaryIO
 
-from ..repository import Transaction, validate_artifact_name
+import zstandard
+
+from ..repository import RepositoryError, Transaction, validate_artifact_name
 from .content import ContentStore, UnpackStats
+from .errors import ArchiveError, one_line
 from .image import ImageReader, is_image_member, stage_image
 from .limits import EntryBudget, IngestLimits
 from .plain import PlainStager
@@ -33,9 +38,23 @@ def stage_archive(tx: Transaction, name: str, fileobj: BinaryIO, *,
     budget = EntryBudget(limits.max_entries)
     try:
         return _stage(tx, name, fileobj, store, limits, budget, stats)
+    except RepositoryError:
+        store.abandon()
+        raise
+    except _MALFORMED as exc:
+        # a reader below another (a layer inside an image, a tar inside a compression) failed
+        # where no closer handler names it: still the archive's fault, never the server's
+        store.abandon()
+        raise ArchiveError(f"malformed archive: {one_line(exc)}") from exc
     except BaseException:
         store.abandon()
         raise
+
+
+#: What reading a malformed archive can raise from deep inside tarfile and the decompressors
+#: (not OSError: a full disk while storing content must stay a 507).
+_MALFORMED = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError,
+              ValueError, UnicodeError)
 
 
 def _stage(tx: Transaction, name: str, fileobj: BinaryIO, store: ContentStore,
