@@ -233,9 +233,9 @@ def main() -> None:
                    ("image metadata bomb (256 MiB JSON)", meta)]
         for label, data in classes:
             peak, codes, _ = peak_of(server, [("bomb", data)])
-            print(f"{label:40} {mib(len(data))} {codes[0]:>8} {mib(peak)}", flush=True)
+            print(f"{label:40} {len(data) / 1024:6.0f} KiB {codes[0]:>8} {mib(peak)}", flush=True)
         peak, codes, lat = peak_of(server, [("many", many)], watch_healthz=True)
-        print(f"{f'{args.entries:,} empty files (.tar.gz)':40} {mib(len(many))} {codes[0]:>8} "
+        print(f"{f'{args.entries:,} empty files (.tar.gz)':40} {len(many) / 1024:6.0f} KiB {codes[0]:>8} "
               f"{mib(peak)}", flush=True)
         print(f"  worst /healthz during that unpack: {max(lat) * 1000:.0f} ms over "
               f"{len(lat)} polls (median {statistics.median(lat) * 1000:.1f} ms; "

@@ -36,7 +36,7 @@ class PlainStager:
         self.limits, self.budget = limits, budget
         self._root = split_path(name)
         self._dirs: dict[str, ValidPath] = {}
-        self._files: dict[ValidPath, tuple[Stored | FileContent, int, int]] = {}
+        self._files: dict[ValidPath, Stored | FileContent] = {}
         self._ops: deque[tuple] = deque()
         store.on_settled = self.stage_ready
 
@@ -71,7 +71,7 @@ class PlainStager:
             if len(path) == 1:
                 raise ArchiveError(f"archive member {info.name!r} is a file at the root")
             content = self.store.store_member(tar, info)
-            self._files[path] = (content, mode, mtime)
+            self._files[path] = content
             self._ops.append(("file", path, content, mode, mtime))
             self.stats.files += 1
         elif info.issym():
@@ -85,9 +85,9 @@ class PlainStager:
             if target is None or len(path) == 1:
                 raise ArchiveError(f"hard link {info.name[:200]!r} -> {info.linkname[:200]!r}: "
                                    "the target is not a regular file earlier in the archive")
-            content, tmode, tmtime = target
+            # a hard link's header carries its inode's mode and mtime (the target's)
             self._files[path] = target
-            self._ops.append(("file", path, content, tmode, tmtime))
+            self._ops.append(("file", path, target, mode, mtime))
             self.stats.hardlinks += 1
         else:
             self.stats.skipped += 1  # device, FIFO: documented in the package docstring
