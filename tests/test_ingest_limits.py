@@ -146,3 +146,31 @@ def test_mtimes_a_catalog_cannot_hold(small, client, mtime):
 def test_ordinary_odd_mtimes_are_kept(small, client):
     r = put_archive(client, "old", pax_tar("f", {"mtime": "-86400.5"}))
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax"])
+def test_sparse_members_of_gnu_tar_are_read_and_their_maps_bounded(small, client, tmp_path, fmt):
+    """Sparse maps are headers too: an intact one is read (both GNU encodings), one cut short
+    is a truncated archive (400, not a crash)."""
+    import subprocess
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse.bin", "wb") as fh:
+        for i in range(30):  # 30 data regions: the old GNU format needs extension blocks
+            fh.seek(i * 65536)
+            fh.write(b"region %d" % i)
+    archive = tmp_path / "s.tar"
+    subprocess.run(["tar", "--sparse", f"--format={fmt}", "-cf", str(archive), "-C", str(src),
+                    "sparse.bin"], check=True)
+    data = archive.read_bytes()
+    with tarfile.open(archive) as tar:
+        member = tar.getmember("sparse.bin") if fmt == "gnu" else tar.getmembers()[0]
+        assert member.sparse, "the fixture must really be sparse"
+    r = put_archive(client, f"sparse-{fmt}", data)
+    assert r.status_code == 200, r.text
+    got = client.get(f"/repos/{FQRN}/sparse-{fmt}").content
+    with tarfile.open(fileobj=io.BytesIO(got)) as tar:
+        body = tar.extractfile(f"sparse-{fmt}/sparse.bin").read()  # type: ignore[union-attr]
+    assert body == (src / "sparse.bin").read_bytes()
+    refused(small, client, data[:1024 + 256], 400, "truncated")

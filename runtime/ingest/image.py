@@ -37,7 +37,7 @@ from .content import ContentStore, Stored, UnpackStats, resolve
 from .errors import ArchiveError, ArtifactTooLarge, one_line
 from .limits import EntryBudget, IngestLimits, check_link_target, check_mtime, check_path
 from .streams import BZIP2_MAGIC, GZIP_MAGIC, XZ_MAGIC, ZSTD_MAGIC, PeekReader
-from .tar import drain, iter_members, member_parts, open_tar, read_exact
+from .tar import drain, iter_members, member_parts, open_tar, read_blob
 
 #: One metadata member (manifest, config, index) is read into memory up to this size.
 MAX_METADATA_MEMBER = 16 * 1024 * 1024
@@ -111,7 +111,7 @@ def _read_layer(tar: tarfile.TarFile, store: ContentStore, limits: IngestLimits,
     return records
 
 
-def _loads(name: str, data: bytes) -> object:
+def _loads(name: str, data: bytes | bytearray) -> object:
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -124,7 +124,7 @@ class ImageReader:
     def __init__(self, store: ContentStore, limits: IngestLimits, budget: EntryBudget):
         self.store, self.limits, self.budget = store, limits, budget
         self.layers: dict[str, list[_Record]] = {}
-        self.blobs: dict[str, bytes] = {}
+        self.blobs: dict[str, bytearray] = {}
         self.metadata_bytes = 0
 
     def add(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
@@ -148,7 +148,7 @@ class ImageReader:
         if self.metadata_bytes > self.limits.max_image_metadata_bytes:
             raise ArtifactTooLarge("image metadata (manifests, configs, index) exceeds the "
                                    f"limit of {self.limits.max_image_metadata_bytes} bytes")
-        self.blobs[name] = read_exact(reader, info.size, info.name)
+        self.blobs[name] = read_blob(reader, info.size, info.name)
 
     def _json(self, name: str) -> object:
         if name not in self.blobs:
