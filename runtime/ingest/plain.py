@@ -106,6 +106,8 @@ class PlainStager:
                     if content.content is None:
                         return
                     content = content.content
+                    if self._files.get(op[1]) is op[2]:  # keep the content, drop the wrapper
+                        self._files[op[1]] = content
                 tx.add_content(op[1], content, mode=op[3], mtime=op[4])
             elif op[0] == "dir":
                 tx.add_directory(op[1], mode=op[2], mtime=op[3])
