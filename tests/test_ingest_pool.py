@@ -96,3 +96,40 @@ def test_healthz_answers_within_a_second_during_a_large_unpack(srv):
     assert result[0].json()["files"] == 100_000
     assert len(latencies) > 10
     assert max(latencies) < 1.0, f"worst /healthz {max(latencies):.2f} s"
+
+
+def test_slots_are_shared_per_repository_and_per_token():
+    """The pool's admission itself: a tenant key (a token) shared by uploads to several
+    repositories is capped too, and freed slots go round-robin to the tenants waiting."""
+    import asyncio
+
+    from runtime.ingest import UnpackPool
+
+    async def scenario() -> list[str]:
+        pool = UnpackPool(workers=4, per_tenant=2)
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def job(label: str, keys: tuple) -> None:
+            async with pool.slot(keys):
+                order.append(label)
+                await release.wait()
+
+        tasks = [asyncio.create_task(job(f"t1-{repo}{i}", (("repository", repo), ("tenant", "t1"))))
+                 for i in range(2) for repo in "AB"]
+        await asyncio.sleep(0.05)
+        assert pool.snapshot() == {"running": 2, "waiting": 2}  # t1 holds its 2, wherever
+        tasks.append(asyncio.create_task(job("t2-A", (("repository", "A"), ("tenant", "t2")))))
+        tasks.append(asyncio.create_task(job("t3-C", (("repository", "C"), ("tenant", "t3")))))
+        await asyncio.sleep(0.05)
+        # repository A is at 1 (t1's), so t2 may use it; t3 has its own repository
+        assert pool.snapshot() == {"running": 4, "waiting": 2}
+        release.set()
+        await asyncio.gather(*tasks)
+        assert pool.snapshot() == {"running": 0, "waiting": 0}
+        pool.shutdown()
+        return order
+
+    order = asyncio.run(scenario())
+    assert order[:2] == ["t1-A0", "t1-B0"] and set(order[2:4]) == {"t2-A", "t3-C"}
+    assert sorted(order[4:]) == ["t1-A1", "t1-B1"]

@@ -72,15 +72,16 @@ class UnpackPool(ThreadPoolExecutor):
                 queue = self._waiting[tenant]
                 while queue and queue[0][1].done():  # cancelled while waiting
                     queue.popleft()
-                if not queue:
-                    del self._waiting[tenant]
+                # the oldest waiter that fits: one capped by another of its keys (its token)
+                # does not hold up the others queued under the same repository
+                chosen = next((w for w in queue if not w[1].done() and self._fits(w[0])), None)
+                if chosen is None:
+                    if not queue:
+                        del self._waiting[tenant]
                     continue
-                keys, fut = queue[0]
-                if not self._fits(keys):
-                    continue
-                queue.popleft()
-                self._take(keys)
-                fut.set_result(None)
+                queue.remove(chosen)
+                self._take(chosen[0])
+                chosen[1].set_result(None)
                 progress = True
                 self._waiting.move_to_end(tenant)  # the next grant goes to someone else
                 if not queue:
