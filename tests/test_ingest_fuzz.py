@@ -10,6 +10,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import itertools
+import lzma
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ BASES = {
     "tar": PLAIN,
     "tar.gz": gzip.compress(PLAIN),
     "tar.bz2": bz2.compress(PLAIN),
+    "tar.xz": lzma.compress(PLAIN),
     "tar.zst": zstandard.ZstdCompressor(write_checksum=True).compress(PLAIN),
     "docker": docker_save([make_tar(LAYER1), make_tar(LAYER2)]),
     "oci": oci_archive([make_tar(LAYER1), make_tar(LAYER2)]),
