@@ -3,13 +3,22 @@ the real server, and what a refused upload must leave untouched."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
+import sys
+import tarfile as _tarfile
+import time
+import zlib as _zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
 from runtime.repository import Repository
-from tests.uploadkit import FQRN, leftovers
+from tests.uploadkit import FQRN, OTHER, TOKEN, leftovers, shared_keys
 
 
 def published(repo: Repository) -> tuple:
@@ -52,16 +61,6 @@ def assert_refused(resp: httpx.Response, status: int, message: str) -> None:
 
 
 # --- the server as its own process (RSS of the server alone; SIGKILL) ------------------------
-
-import os
-import signal
-import socket
-import sys
-import time
-from contextlib import contextmanager
-from typing import Iterator
-
-from tests.uploadkit import OTHER, TOKEN, shared_keys
 
 
 class ServerProcess:
@@ -128,9 +127,6 @@ def server_process(tmp: Path, **env: str) -> Iterator[ServerProcess]:
 
 
 # --- hostile archives -------------------------------------------------------------------------
-
-import tarfile as _tarfile
-import zlib as _zlib
 
 
 def _raw_header(name: str, typeflag: bytes, size: int) -> bytes:
