@@ -131,9 +131,9 @@ def publish(fqrn: str = Fqrn,
             if source.is_dir():
                 tx.add_tree(source, name)
             elif source.is_file():
-                from .server.unpack import stage_archive  # tar support lives with uploads
+                from .ingest import IngestLimits, stage_archive
                 with open(source, "rb") as fh:
-                    stage_archive(tx, name, fh)
+                    stage_archive(tx, name, fh, limits=IngestLimits.from_settings(settings))
             else:
                 _fail(f"{source}: no such file or directory", 2)
             if ttl_s is not None:

@@ -198,6 +198,22 @@ class Settings(BaseSettings):
     #: Split layout: re-read the stratum 0's manifest at most this often (on new subscriptions).
     gateway_refresh_s: float = Field(5.0, ge=0)
 
+    # -- ingest limits (archive unpacking, runtime/ingest; README "Limits and failure behaviour")
+    #: Largest single tar header, PAX extended header or GNU long name/link (checked before it
+    #: is read into memory).
+    max_tar_header_bytes: int = Field(1024 * 1024, ge=512)
+    #: Non-layer members of one image archive (manifest, config, index JSON) together.
+    max_image_metadata_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: Members of one archive (all layers of an image counted).
+    max_archive_entries: int = Field(1_000_000, ge=1)
+    #: Components of one member's path, and bytes of its path (or symlink target).
+    max_path_depth: int = Field(256, ge=1)
+    max_path_bytes: int = Field(4096, ge=255)
+    #: Threads parsing archives at once, and how many of them one tenant (a repository, or a
+    #: token) may hold: one tenant's stalled uploads cannot take every slot.
+    unpack_workers: int = Field(16, ge=1)
+    unpack_workers_per_tenant: int = Field(4, ge=1)
+
     @field_validator("repositories", mode="before")
     @classmethod
     def _repos(cls, v: Any) -> list[RepositoryConfig]:

@@ -21,10 +21,13 @@ any killed writer leaves (see :mod:`runtime.cvmfs.objects`).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import threading
+import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -60,6 +63,53 @@ def store_batch(root: str, compressed: bool, blobs: list[bytes],
     return store_blobs(store, compressed, blobs, level)
 
 
+#: How often a helper checks that the server that started it is still alive.
+WATCHDOG_INTERVAL_S = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (None: gone or a zombie), so that a pid reused by
+    another process after the server died is not taken for the server."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
+
+
+def die_with_server(server_pid: int) -> None:
+    """In each helper, at start: exit when the server dies, however it dies (SIGKILL included).
+
+    Two guards. The kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) fires
+    when the helper's parent exits; with ``forkserver`` that parent is the fork server, not
+    the server. So a watchdog thread also polls the server's pid and exits the helper once the
+    server is gone (or the parent changed); the fork server and the resource tracker then see
+    their last client gone and exit too. Without this, every SIGKILL of the server left its
+    helpers running forever.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog alone
+        pass
+    parent = os.getppid()
+    started = _start_time(server_pid)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent or _start_time(server_pid) != started:
+                os._exit(0)
+            time.sleep(WATCHDOG_INTERVAL_S)
+
+    if started is None:
+        os._exit(0)
+    threading.Thread(target=watch, name="server-watchdog", daemon=True).start()
+
+
 class _Helpers:
     """The helper processes, shared by every repository of this process (created lazily)."""
 
@@ -73,7 +123,9 @@ class _Helpers:
             if self.pool is None and not self.unavailable:
                 try:
                     ctx = multiprocessing.get_context("forkserver")
-                    self.pool = ProcessPoolExecutor(default_processes(), mp_context=ctx)
+                    self.pool = ProcessPoolExecutor(default_processes(), mp_context=ctx,
+                                                    initializer=die_with_server,
+                                                    initargs=(os.getpid(),))
                 except (OSError, ValueError, ImportError, NotImplementedError) as exc:
                     self._give_up_locked(exc)
             return self.pool

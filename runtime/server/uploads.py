@@ -25,7 +25,6 @@ import json
 import logging
 import time
 import urllib.parse
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -49,6 +48,7 @@ from .bodytimeout import BodyIdleTimeout
 from .committer import GroupCommitter
 from .downloads import DownloadSlots
 from .metrics import Metrics
+from ..ingest import IngestLimits, UnpackPool
 from .unpack import ArchiveError, ArtifactTooLarge, stage_archive_async
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,14 @@ class UploadService:
     hub: Hub | None = None
     notifier: Notifier | None = None
     committers: dict[str, GroupCommitter] = field(default_factory=dict)
-    unpack_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(16, thread_name_prefix="unpack"))
+    #: Archive parsing: fair slots per tenant and the ingest limits (runtime/ingest/pool.py).
+    unpack_pool: UnpackPool = field(init=False)
     downloads: DownloadSlots = field(init=False)
 
     def __post_init__(self) -> None:
+        self.unpack_pool = UnpackPool(self.settings.unpack_workers,
+                                      self.settings.unpack_workers_per_tenant,
+                                      IngestLimits.from_settings(self.settings))
         self.downloads = DownloadSlots(self.settings.max_downloads_per_client,
                                        self.settings.max_downloads,
                                        self.settings.max_download_entries)
@@ -420,7 +423,8 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
             if overwrite and any(a.name == name for a in repo.artifacts()):
                 tx.remove(name)
             stats = await stage_archive_async(tx, name, chunks, executor=service.unpack_pool,
-                                              max_bytes=limit, on_bytes=count)
+                                              max_bytes=limit, on_bytes=count,
+                                              tenant=principal.label)
             extra = {"files": stats.files + stats.hardlinks, "image": stats.image}
         else:
             await _stage_file(tx, name, chunks, count)
