@@ -33,10 +33,16 @@ from typing import Sequence
 SQUID_PORT = 3128
 #: Writable directories on a read-only root filesystem (volumes in the container).
 CACHE_DIR = "/var/cache/squid-cvmfs"
-RUN_DIR = "/var/run/squid-cvmfs"
-#: Where the rendered file is mounted.
-CONF_DIR = "/etc/squid-cvmfs"
-CONF_PATH = f"{CONF_DIR}/squid.conf"
+#: pid file and core dumps: the container's /tmp (a tmpfs / emptyDir on every container).
+RUN_DIR = "/tmp"
+#: Where the rendered file is mounted (under the config directory every target mounts files in).
+CONF_DIR = "/etc/cvmfs-ephemeral/squid"
+CONF_NAME = "squid.conf"
+CONF_PATH = f"{CONF_DIR}/{CONF_NAME}"
+
+#: What liveness/readiness probes GET: a static file squid serves itself, so a probe tells whether
+#: squid answers without depending on the stratum 0 (a stratum-0 restart must not restart caches).
+PROBE_PATH = "/squid-internal-static/icons/SN.png"
 
 #: Private, link-local-free networks clients usually come from (RFC 1918, RFC 4193, loopback).
 DEFAULT_CLIENT_NETWORKS = (
@@ -93,6 +99,9 @@ def render_squid_conf(s: SquidSettings) -> str:
         f"pid_filename {s.run_dir}/squid.pid",
         f"coredump_dir {s.run_dir}",
         "netdb_filename none",
+        "pinger_enable off",
+        # Squid answers /squid-internal-static/ itself only when asked as itself, not for any host.
+        "global_internal_static off",
         # The CVMFS documentation's figure; also keeps squid's per-descriptor tables small.
         "max_filedesc 8192",
         "",
@@ -101,8 +110,12 @@ def render_squid_conf(s: SquidSettings) -> str:
         f"acl stratum0_host dstdomain {hosts}",
         f"acl stratum0_port port {ports}",
         "acl read_methods method GET HEAD",
+        f"acl self_host dstdomain {s.visible_hostname}",
+        f"acl probe_path urlpath_regex ^{PROBE_PATH}$",
         "http_access deny CONNECT",
         "http_access deny !read_methods",
+        "# Probes: squid answers its own static icon itself (never forwarded).",
+        "http_access allow self_host probe_path",
         "http_access deny !stratum0_host",
         "http_access deny !stratum0_port",
         "http_access allow cvmfs_clients",
@@ -145,3 +158,12 @@ def render_squid_conf(s: SquidSettings) -> str:
         *s.extra,
     ]
     return "\n".join(lines) + "\n"
+
+
+def squid_command(disk_cache_mb: int, conf_path: str = CONF_PATH) -> list[str]:
+    """The container's command: create the disk cache's directories (idempotent), then run squid
+    in the foreground as the container's user (no daemon, no privilege switch)."""
+    run = f"exec squid -N -f {conf_path}"
+    if disk_cache_mb > 0:
+        return ["/bin/sh", "-c", f"squid -N -z -f {conf_path} && {run}"]
+    return ["squid", "-N", "-f", conf_path]

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from components.squid_config import SquidSettings
+from components.squid_config import PROBE_PATH, SquidSettings
 from harness import REPO_ROOT
 from nginx_runner import nginx_binary, running_nginx
 from squid_runner import origin_requests, running_squid, squid_binary
@@ -152,7 +152,9 @@ def test_200_concurrent_readers_of_a_new_revision_cost_one_origin_fetch_per_obje
     for t in threads:
         t.join(timeout=300)
     failures = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
-    assert not failures, failures[:3]
+    assert not failures, (failures[:3], [l for l in stack.squid.log_lines() if "/200 " not in l][-5:],
+                          [l for l in (stack.work / "access.log").read_text().splitlines()
+                           if '" 200 ' not in l][-5:])
     expected = [(f"/herd/f{i}.bin", 50_000 + i) for i in range(5)]
     assert all(r == expected for r in results)
     after = stack.origin()
@@ -198,6 +200,17 @@ def test_no_open_proxy(stack):
               if line.split()[6].startswith(("http://example.org/", "example.org:443"))]
     assert len(denied) == 2
     assert denied and all("TCP_DENIED/403" in line for line in denied), denied
+
+def test_probe_is_answered_by_squid_itself(stack):
+    """What the liveness and readiness probes ask: squid's own static icon, not the stratum 0."""
+    origin_before = stack.origin()
+    response = httpx.get(f"{stack.squid.url}{PROBE_PATH}", timeout=10, trust_env=False)
+    assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
+    assert stack.origin() == origin_before
+    with stack.client() as client:  # as a proxied URL on any other host it is refused
+        assert client.get(f"http://example.org{PROBE_PATH}").status_code == 403
+        assert client.get(f"{stack.base.rsplit('/cvmfs', 1)[0]}{PROBE_PATH}").status_code == 404
+
 
 def test_clients_outside_the_configured_networks_are_refused(stack, tmp_path):
     settings = SquidSettings(
