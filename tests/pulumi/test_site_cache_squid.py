@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from components.squid_config import PROBE_PATH, SquidSettings
-from harness import REPO_ROOT
-from nginx_runner import nginx_binary, running_nginx
+from conftest import docker_config, kubernetes_config
+from harness import REPO_ROOT, run_program
+from nginx_runner import NOBODY, nginx_binary, running_nginx
 from squid_runner import origin_requests, running_squid, squid_binary
 from tests.cvmfs_reader import RepoReader
 
@@ -221,3 +222,33 @@ def test_clients_outside_the_configured_networks_are_refused(stack, tmp_path):
     with running_squid(tmp_path / "squid", settings) as squid:
         with httpx.Client(proxy=squid.url, trust_env=False, timeout=30) as client:
             assert client.get(f"{stack.base}/.cvmfspublished").status_code == 403
+
+
+@pytest.mark.parametrize("make_config", [docker_config, kubernetes_config])
+@pytest.mark.parametrize("disk_cache_mb", [10_000, 0])
+def test_the_shipped_configurations_parse_cleanly_on_real_squid(tmp_path, make_config,
+                                                                disk_cache_mb):
+    """What the component puts in the container, unchanged, checked by squid itself."""
+    program = run_program(make_config(siteCache={"enabled": True, "diskCacheMb": disk_cache_mb}))
+    if make_config is kubernetes_config:
+        conf = program.get("kubernetes:core/v1:ConfigMap", "cvmfs-test-site-cache").inputs[
+            "data"]["squid.conf"]
+    else:
+        (upload,) = program.get("docker:index/container:Container",
+                                "cvmfs-test-site-cache-files").inputs["uploads"]
+        conf = upload["content"]
+    path = tmp_path / "squid.conf"
+    path.write_text(conf)
+    path.chmod(0o644)
+    for folder in (tmp_path, *tmp_path.parents):  # squid runs unprivileged, as in the container
+        if folder != Path("/"):
+            folder.chmod(folder.stat().st_mode | 0o011)
+    parsed = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] * (os.geteuid() == 0)
+        + [squid_binary(), "-k", "parse", "-n", f"parse{os.getpid()}", "-f", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    output = parsed.stdout + parsed.stderr
+    assert parsed.returncode == 0, output
+    assert not [line for line in output.splitlines()
+                if any(word in line for word in ("WARNING", "ERROR", "FATAL"))], output
