@@ -14,7 +14,9 @@ What it creates (``<name>`` is the stack's ``name``):
   filesystem. Secrets never become environment variables, labels or image layers;
 - containers ``<name>-stratum0`` (nginx), ``<name>-gateway``, ``<name>-upload`` and
   ``<name>-maintenance`` (the runtime's scheduler): user 10001, read-only root filesystem, a tmpfs
-  on /tmp, all capabilities dropped, ``no-new-privileges``, a restart policy, a health check.
+  on /tmp, all capabilities dropped, ``no-new-privileges``, a restart policy, a health check;
+- with ``siteCache.enabled``: container ``<name>-site-cache`` (squid, alias ``site-cache``), its
+  files volume and the disk-cache volume ``<name>-site-cache`` (see ``site_cache``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ default ``<name>``):
   ConfigMap ``<name>-public-keys`` (what the gateway verifies with), Secret
   ``<name>-maintenance-token``; mounted read-only, or read with ``secretKeyRef``;
 - CronJobs ``<name>-clean``, ``<name>-gc``, ``<name>-resign`` (``concurrencyPolicy: Forbid``);
+- with ``siteCache.enabled``: Deployment or DaemonSet ``<name>-site-cache`` (squid), its ConfigMap
+  and Service (see ``site_cache``);
 - optionally an Ingress routing ``/cvmfs``, ``/cvmfs-meta`` to stratum 0,
   ``/api/v1/notifications`` to the gateway and everything else to the upload API.
 
