@@ -105,3 +105,31 @@ def test_a_missing_object_is_never_marked_cacheable(servers):
         assert r.status_code == 404, name
         assert "immutable" not in r.headers.get("cache-control", ""), name
         assert "max-age=259200" not in r.headers.get("cache-control", ""), name
+
+
+def test_squid_in_front_of_the_embedded_server_caches_objects_and_revalidates_the_manifest(
+        servers, tmp_path):
+    """The same headers make squid right in front of ``runtime serve`` too."""
+    from components.squid_config import SquidSettings
+    from squid_runner import running_squid, squid_binary
+
+    if squid_binary() is None:
+        pytest.skip("squid not installed (apt-get install squid)")
+    urls, data = servers
+    port = int(urls["embedded"].rsplit(":", 1)[1])
+    settings = SquidSettings(origin_host="127.0.0.1", origin_port=port,
+                             allowed_hosts=["embedded.cvmfs-test.example"],
+                             allowed_ports=[port], disk_cache_mb=0)
+    paths = _paths(data)
+    with running_squid(tmp_path / "squid", settings) as squid:
+        with httpx.Client(proxy=squid.url, trust_env=False, timeout=30) as client:
+            for _ in range(2):
+                for path in paths:
+                    r = client.get(f"http://embedded.cvmfs-test.example:{port}{path}")
+                    assert r.status_code == 200, path
+        for path, policy in paths.items():
+            first, second = (code.split("/")[0] for code in squid.results(path))
+            if policy == IMMUTABLE:
+                assert second in ("TCP_HIT", "TCP_MEM_HIT"), (path, first, second)
+            else:
+                assert second not in ("TCP_HIT", "TCP_MEM_HIT"), (path, first, second)
