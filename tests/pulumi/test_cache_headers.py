@@ -10,9 +10,11 @@ at once and never replaced by a cached older manifest), content-addressed object
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +41,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    work = tmp_path_factory.mktemp("headers")
+def servers():
+    # Outside pytest's per-user temp root: another pytest session resets it to mode 0700,
+    # which would lock the unprivileged nginx out mid-test.
+    work = Path(tempfile.mkdtemp(prefix="cvmfs-headers-test-"))
+    try:
+        yield from _servers(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _servers(work: Path):
     data, keys = work / "data", work / "keys"
     env = {**os.environ, "CVMFS_EPHEMERAL_DATA_DIR": str(data),
            "CVMFS_EPHEMERAL_KEYS_DIR": str(keys), "CVMFS_EPHEMERAL_REPOSITORIES": FQRN,
@@ -108,7 +119,7 @@ def test_a_missing_object_is_never_marked_cacheable(servers):
 
 
 def test_squid_in_front_of_the_embedded_server_caches_objects_and_revalidates_the_manifest(
-        servers, tmp_path):
+        servers):
     """The same headers make squid right in front of ``runtime serve`` too."""
     from components.squid_config import SquidSettings
     from squid_runner import running_squid, squid_binary
@@ -121,7 +132,7 @@ def test_squid_in_front_of_the_embedded_server_caches_objects_and_revalidates_th
                              allowed_hosts=["embedded.cvmfs-test.example"],
                              allowed_ports=[port], disk_cache_mb=0)
     paths = _paths(data)
-    with running_squid(tmp_path / "squid", settings) as squid:
+    with running_squid(data.parent / "squid-embedded", settings) as squid:
         with httpx.Client(proxy=squid.url, trust_env=False, timeout=30) as client:
             for _ in range(2):
                 for path in paths:

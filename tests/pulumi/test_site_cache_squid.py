@@ -10,11 +10,15 @@ forwarding, counted in nginx's access log); and the cache proxies nothing but th
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -73,20 +77,32 @@ class Stack:
         runtime_cli("publish", FQRN, str(src), "--as", name, data=self.data, keys=self.keys)
 
 
+@contextmanager
+def service_dir(prefix: str) -> Iterator[Path]:
+    """A work tree for the unprivileged nginx and squid, outside pytest's per-user temp root
+    (another pytest session on the machine resets that root to mode 0700, which would lock the
+    unprivileged servers out mid-test)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    work = tmp_path_factory.mktemp("site-cache")
-    data, keys = work / "data", work / "keys"
-    runtime_cli("init", FQRN, data=data, keys=keys)
-    with running_nginx(data, work) as nginx_url:
-        port = int(nginx_url.rsplit(":", 1)[1])
-        settings = SquidSettings(
-            origin_host="127.0.0.1", origin_port=port,
-            allowed_hosts=[PUBLIC_HOST], allowed_ports=[port],
-            memory_cache_mb=64, disk_cache_mb=100,
-        )
-        with running_squid(work / "squid", settings) as squid:
-            yield Stack(work, nginx_url, squid, data, keys)
+def stack():
+    with service_dir("cvmfs-site-cache-test-") as work:
+        data, keys = work / "data", work / "keys"
+        runtime_cli("init", FQRN, data=data, keys=keys)
+        with running_nginx(data, work) as nginx_url:
+            port = int(nginx_url.rsplit(":", 1)[1])
+            settings = SquidSettings(
+                origin_host="127.0.0.1", origin_port=port,
+                allowed_hosts=[PUBLIC_HOST], allowed_ports=[port],
+                memory_cache_mb=64, disk_cache_mb=100,
+            )
+            with running_squid(work / "squid", settings) as squid:
+                yield Stack(work, nginx_url, squid, data, keys)
 
 
 def read_everything(reader: RepoReader) -> dict[str, bytes]:
@@ -213,13 +229,13 @@ def test_probe_is_answered_by_squid_itself(stack):
         assert client.get(f"{stack.base.rsplit('/cvmfs', 1)[0]}{PROBE_PATH}").status_code == 404
 
 
-def test_clients_outside_the_configured_networks_are_refused(stack, tmp_path):
+def test_clients_outside_the_configured_networks_are_refused(stack):
     settings = SquidSettings(
         origin_host="127.0.0.1", origin_port=stack.origin_port,
         allowed_hosts=[PUBLIC_HOST], allowed_ports=[stack.origin_port],
         client_networks=["10.0.0.0/8"], disk_cache_mb=0,
     )
-    with running_squid(tmp_path / "squid", settings) as squid:
+    with service_dir("cvmfs-site-cache-test-") as work, running_squid(work, settings) as squid:
         with httpx.Client(proxy=squid.url, trust_env=False, timeout=30) as client:
             assert client.get(f"{stack.base}/.cvmfspublished").status_code == 403
 
