@@ -26,8 +26,10 @@ frontier-squid use for a site cache:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
+
+from .config import DEFAULT_CACHE_CLIENT_NETWORKS
 
 #: Where squid listens inside the container and on the Service (the CVMFS convention).
 SQUID_PORT = 3128
@@ -44,10 +46,8 @@ CONF_PATH = f"{CONF_DIR}/{CONF_NAME}"
 #: squid answers without depending on the stratum 0 (a stratum-0 restart must not restart caches).
 PROBE_PATH = "/squid-internal-static/icons/SN.png"
 
-#: Private, link-local-free networks clients usually come from (RFC 1918, RFC 4193, loopback).
-DEFAULT_CLIENT_NETWORKS = (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "fc00::/7", "::1",
-)
+#: Networks clients usually come from (RFC 1918, RFC 4193, loopback): the stack's default.
+DEFAULT_CLIENT_NETWORKS = DEFAULT_CACHE_CLIENT_NETWORKS
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,13 @@ class SquidSettings:
     #: 0: memory only, no ``cache_dir``.
     disk_cache_mb: int = 10_000
     maximum_object_size_mb: int = 1024
+    #: Catalogs (the herd after a publish) and small files stay in memory; chunks go to disk.
     maximum_object_size_in_memory_kb: int = 4096
     cache_dir: str = CACHE_DIR
     run_dir: str = RUN_DIR
     access_log: str = "stdio:/dev/stdout"
     cache_log: str = "/dev/stderr"
     visible_hostname: str = "cvmfs-site-cache"
-    extra: Sequence[str] = field(default_factory=tuple)
 
 
 def _unique(values: Sequence[object]) -> list[str]:
@@ -155,7 +155,6 @@ def render_squid_conf(s: SquidSettings) -> str:
         "cache_store_log none",
         "logfile_rotate 0",
         "shutdown_lifetime 3 seconds",
-        *s.extra,
     ]
     return "\n".join(lines) + "\n"
 
