@@ -133,6 +133,23 @@ def test_second_read_is_served_from_the_cache(stack):
         assert results[1].split("/")[0] in ("TCP_HIT", "TCP_MEM_HIT"), (path, results)
 
 
+def test_whole_chunks_above_the_memory_object_limit_are_cached_on_disk(stack):
+    """8 MiB chunks exceed maximum_object_size_in_memory (catalogs stay in memory): they must
+    still be cached (maximum_object_size is above the chunk size), on the disk cache."""
+    big = os.urandom(20 * 1024 * 1024)  # three chunks of the default 8 MiB
+    before = stack.origin()
+    stack.publish("big", {"big.bin": big})
+    for _ in range(2):
+        with stack.client() as client:
+            assert stack.reader(client).read_file("/big/big.bin") == big
+    after = stack.origin()
+    chunks = [p for p in object_paths(after, before) if p.endswith("P")]
+    assert len(chunks) == 3, object_paths(after, before)
+    for path in chunks:
+        assert after[path] == 1, path
+        assert [r.split("/")[0] for r in stack.squid.results(path)][1] == "TCP_HIT", path
+
+
 def test_manifest_is_revalidated_so_a_new_revision_is_seen_at_once(stack):
     with stack.client() as client:
         before = stack.reader(client).revision
