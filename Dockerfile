@@ -1,7 +1,8 @@
 # The cvmfs-ephemeral runtime image: one image for every role (stratum-0 nginx, upload service,
 # notification gateway, maintenance). Roles differ only by command; see components/contract.py.
 #
-# The base must already provide python3, python3-venv, nginx-light and ca-certificates, so that
+# The base must already provide python3, python3-venv, nginx-light, squid (the site cache) and
+# ca-certificates, so that
 # this build needs no apt and no registry: scripts/make-base-image.sh makes one from debootstrap.
 # Only PyPI is reached, for the hashed runtime lock (runtime/requirements.lock).
 ARG BASE_IMAGE=cvmfs-ephemeral-base:bookworm
@@ -35,6 +36,7 @@ RUN groupadd --gid 10001 cvmfs \
  && useradd --uid 10001 --gid 10001 --home-dir /var/lib/cvmfs-ephemeral \
         --no-create-home --shell /usr/sbin/nologin cvmfs \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/cvmfs-ephemeral \
+ && install -d -o 10001 -g 10001 -m 0750 /var/cache/squid-cvmfs \
  && install -d -o 10001 -g 10001 -m 0700 /etc/cvmfs-ephemeral \
         /etc/cvmfs-ephemeral/keys /etc/cvmfs-ephemeral/secrets
 

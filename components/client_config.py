@@ -7,6 +7,8 @@ client that is one character off fails to mount with an unhelpful error. The tex
 
 from __future__ import annotations
 
+from typing import Optional
+
 CLIENT_KEYS_DIR = "/etc/cvmfs/keys"
 
 
@@ -15,15 +17,29 @@ def client_public_key_path(fqrn: str) -> str:
     return f"{CLIENT_KEYS_DIR}/{fqrn}.pub"
 
 
-def client_config(fqrn: str, stratum0_url: str, notification_api_url: str) -> str:
-    """``/etc/cvmfs/config.d/<fqrn>.conf`` for one repository."""
+def http_proxy(proxy_url: Optional[str], direct_fallback: bool = False) -> str:
+    """The ``CVMFS_HTTP_PROXY`` value: the site cache, ``;DIRECT`` after it only when allowed
+    (``;`` separates fail-over groups: DIRECT is used only when every proxy before it fails)."""
+    if proxy_url is None:
+        return "DIRECT"
+    return f'"{proxy_url};DIRECT"' if direct_fallback else f'"{proxy_url}"'
+
+
+def client_config(
+    fqrn: str,
+    stratum0_url: str,
+    notification_api_url: str,
+    proxy_url: Optional[str] = None,
+    direct_fallback: bool = False,
+) -> str:
+    """``/etc/cvmfs/config.d/<fqrn>.conf`` for one repository (through the site cache if any)."""
     lines = [
         f"# CernVM-FS client configuration for {fqrn} (cvmfs-ephemeral).",
         f"# Install the public key as {client_public_key_path(fqrn)} "
         "(stack output publicKeys).",
         f"CVMFS_SERVER_URL={stratum0_url}/cvmfs/{fqrn}",
         f"CVMFS_PUBLIC_KEY={client_public_key_path(fqrn)}",
-        "CVMFS_HTTP_PROXY=DIRECT",
+        f"CVMFS_HTTP_PROXY={http_proxy(proxy_url, direct_fallback)}",
         f"CVMFS_NOTIFICATION_SERVER={notification_api_url}",
     ]
     if stratum0_url.startswith("https://"):

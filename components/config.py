@@ -72,6 +72,8 @@ class RepositorySpec(_Model):
     chunk_size: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     volatile: bool = True
     garbage_collectable: bool = True
+    #: gc grace of this repository (seconds); default ``signing.gcGraceS``, else the runtime's.
+    gc_grace_s: Optional[int] = Field(None, ge=0)
 
     @field_validator("fqrn")
     @classmethod
@@ -85,7 +87,15 @@ class RepositorySpec(_Model):
 
     def runtime_json(self) -> dict[str, Any]:
         """The object the runtime expects in ``CVMFS_EPHEMERAL_REPOSITORIES`` (snake_case keys)."""
-        return self.model_dump(by_alias=False)
+        return self.model_dump(by_alias=False, exclude_none=True)
+
+    def effective_gc_grace_s(self, global_grace_s: Optional[int]) -> int:
+        """The grace gc applies to this repository (mirrors the runtime: 2 × TTL + 300 s)."""
+        if self.gc_grace_s is not None:
+            return self.gc_grace_s
+        if global_grace_s is not None:
+            return global_grace_s
+        return 2 * self.ttl_s + 300
 
 
 class ImageSpec(_Model):
@@ -376,6 +386,85 @@ class VerifySpec(_Model):
         return _url(value)
 
 
+# -- site cache and stratum-1 replication (site cache / replicas area) ------------------------
+
+#: Networks the site cache serves by default: RFC 1918, RFC 4193 and loopback.
+DEFAULT_CACHE_CLIENT_NETWORKS = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "fc00::/7", "::1",
+)
+CIDR_RE = re.compile(r"^[0-9a-fA-F:.]+(/[0-9]{1,3})?$")
+#: Squid's own memory beyond ``cache_mem`` (index, buffers, connections): kept free in the limit.
+SQUID_OVERHEAD_MIB = 128
+
+
+class SiteCacheSpec(_Model):
+    """A squid site cache in front of stratum 0; client configs point at it when enabled."""
+
+    enabled: bool = False
+    #: ``Deployment`` (``replicas`` pods behind one Service) or ``DaemonSet`` (one per node).
+    kind: Literal["Deployment", "DaemonSet"] = "Deployment"
+    replicas: int = Field(2, ge=1, le=100)
+    #: Published (Docker) or Service (Kubernetes) port; the CVMFS convention is 3128.
+    port: int = Field(3128, ge=1, le=65535)
+    resources: ResourceSpec = ResourceSpec(
+        cpu_request="100m", memory_request="512Mi", memory_limit="1Gi"
+    )
+    memory_cache_mb: int = Field(256, ge=8)
+    #: 0: memory only (no disk cache).
+    disk_cache_mb: int = Field(10_000, ge=0, le=10_000_000)
+    client_networks: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CACHE_CLIENT_NETWORKS), min_length=1
+    )
+    #: Let clients go straight to stratum 0 when every cache is down (``;DIRECT``).
+    allow_direct_fallback: bool = False
+    #: Base URL clients use for the cache (``http://squid.example.org:3128``); default per target.
+    public_url: Optional[str] = None
+    #: Image with Debian's squid; default: the runtime image (its base carries squid).
+    image: Optional[str] = None
+
+    @field_validator("client_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            if not CIDR_RE.match(cidr):
+                raise ValueError(f"{cidr!r} is not an IP network such as '10.0.0.0/8'")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: Optional[str]) -> Optional[str]:
+        value = _url(value)
+        if value is not None and not value.startswith("http://"):
+            raise ValueError("a proxy URL is plain http ('http://squid.example.org:3128')")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not IMAGE_RE.match(value):
+            raise ValueError(f"{value!r} is not an image reference")
+        return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> "SiteCacheSpec":
+        needed = (self.memory_cache_mb + SQUID_OVERHEAD_MIB) * 2**20
+        if needed > self.resources.memory_limit_bytes():
+            raise ValueError(
+                f"memoryCacheMb ({self.memory_cache_mb}) plus squid's own "
+                f"~{SQUID_OVERHEAD_MIB} MiB must fit in resources.memoryLimit "
+                f"({self.resources.memory_limit})"
+            )
+        return self
+
+
+class Stratum1Spec(_Model):
+    """How stratum 1s replicate this stack (they are run by their operators, not deployed here)."""
+
+    #: How often the stratum 1s run ``cvmfs_server snapshot``; every repository's gc grace must
+    #: exceed it, or gc could delete objects a snapshot in progress still has to fetch.
+    snapshot_interval_s: Optional[int] = Field(None, ge=60, le=7 * 86400)
+
+
 class StackConfig(_Model):
     """Everything one stack deploys."""
 
@@ -403,6 +492,8 @@ class StackConfig(_Model):
     docker: DockerSpec = DockerSpec()
     kubernetes: KubernetesSpec = KubernetesSpec()
     verify: VerifySpec = VerifySpec()
+    site_cache: SiteCacheSpec = SiteCacheSpec()
+    stratum1: Stratum1Spec = Stratum1Spec()
 
     @field_validator("name")
     @classmethod
@@ -441,7 +532,39 @@ class StackConfig(_Model):
                 if policy.repository not in names:
                     raise ValueError(f"oidc.issuers[{i}].policies[{j}].repository "
                                      f"{policy.repository!r} is not in repositories")
+        self._check_replication()
+        if self.site_cache.enabled and self.site_cache.port in (
+            self.ports.stratum0, self.ports.upload, self.ports.gateway
+        ):
+            raise ValueError("siteCache.port must differ from the stratum0, upload and gateway ports")
         return self
+
+    def _check_replication(self) -> None:
+        """A stratum 1 snapshotting every N s needs superseded objects for longer than N s."""
+        interval = self.stratum1.snapshot_interval_s
+        if interval is None:
+            return
+        for i, repo in enumerate(self.repositories):
+            grace = repo.effective_gc_grace_s(self.signing.gc_grace_s)
+            if grace <= interval:
+                raise ValueError(
+                    f"repositories[{i}] ({repo.fqrn}): gc grace {grace} s must exceed "
+                    f"stratum1.snapshotIntervalS ({interval} s), or gc may delete objects a "
+                    "stratum-1 snapshot still fetches; raise repositories[].gcGraceS or "
+                    "signing.gcGraceS"
+                )
+
+    def recommended_snapshot_interval_s(self) -> int:
+        """The configured snapshot interval, else the shortest TTL rounded up to whole minutes
+        (cron's granularity), capped below every repository's gc grace."""
+        if self.stratum1.snapshot_interval_s is not None:
+            return self.stratum1.snapshot_interval_s
+        ttl = min(r.ttl_s for r in self.repositories)
+        interval = max(60, -(-ttl // 60) * 60)
+        grace = min(r.effective_gc_grace_s(self.signing.gc_grace_s) for r in self.repositories)
+        while interval >= grace and interval > 60:
+            interval -= 60
+        return interval
 
     @property
     def namespace(self) -> str:

@@ -22,6 +22,8 @@ from .gateway import Gateway, GatewayArgs
 from .image import RuntimeImage, RuntimeImageArgs
 from .keys import RepositoryKeys, RepositoryKeysArgs
 from .maintenance import MaintenanceJobs, MaintenanceJobsArgs
+from .site_cache import SiteCache, SiteCacheArgs
+from .stratum1 import stratum1_outputs
 from .stratum0 import Stratum0, Stratum0Args
 from .targets import Target, make_target
 from .upload_service import UploadService, UploadServiceArgs
@@ -146,6 +148,20 @@ class Deployment(pulumi.ComponentResource):
             opts=child,
         )
         stratum0_public = stratum0.public_url
+        site_cache: Optional[SiteCache] = None
+        if config.site_cache.enabled:
+            site_cache = SiteCache(
+                f"{name}-site-cache",
+                SiteCacheArgs(
+                    target=target,
+                    image=image.ref,
+                    spec=config.site_cache,
+                    stratum0_internal_url=stratum0.internal_url,
+                    stratum0_public_url=stratum0_public,
+                    max_chunk_size=max(r.chunk_size for r in config.repositories),
+                ),
+                opts=child,
+            )
         upload = UploadService(
             f"{name}-upload",
             UploadServiceArgs(
@@ -200,14 +216,20 @@ class Deployment(pulumi.ComponentResource):
                 )
 
         gateway_api = gateway.api_url
+        # Clients behind the site cache name stratum 0 as squid accepts it (see site_cache.py).
+        client_server = site_cache.server_base if site_cache else stratum0_public
+        proxy_url = site_cache.proxy_url if site_cache else None
+        endpoints: dict[str, Any] = {
+            "stratum0": stratum0.url,
+            "notifications": gateway_api,
+            "upload": upload.url,
+        }
+        if site_cache is not None:
+            endpoints["siteCache"] = site_cache.proxy_url
         self.outputs = {
             "target": config.target,
             "image": image.ref,
-            "endpoints": {
-                "stratum0": stratum0.url,
-                "notifications": gateway_api,
-                "upload": upload.url,
-            },
+            "endpoints": endpoints,
             "repositories": {
                 fqrn: {
                     "serverUrl": f"{stratum0_public}/cvmfs/{fqrn}",
@@ -217,11 +239,17 @@ class Deployment(pulumi.ComponentResource):
             },
             "clientConfigs": {
                 fqrn: gateway_api.apply(
-                    lambda api, fqrn=fqrn: client_config(fqrn, stratum0_public, api)
+                    lambda api, fqrn=fqrn: client_config(
+                        fqrn, client_server, api, proxy_url,
+                        config.site_cache.allow_direct_fallback,
+                    )
                 )
                 for fqrn in keys
             },
             "publicKeys": {fqrn: k.public_key_pem for fqrn, k in keys.items()},
+            "stratum1": stratum1_outputs(
+                config, stratum0_public, {f: k.public_key_pem for f, k in keys.items()}
+            ),
             "uploadTokens": pulumi.Output.secret(
                 pulumi.Output.all(*(t for t, _ in upload_tokens))
             ),

@@ -18,7 +18,7 @@ from .config import ResourceSpec
 
 #: Named bundles of files a container may need. The target decides how they get there (Docker:
 #: uploaded into a volume; Kubernetes: Secret or ConfigMap volumes).
-FileSetName = Literal["keys", "public-keys", "tokens"]
+FileSetName = Literal["keys", "public-keys", "tokens", "site-cache"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,23 @@ class Endpoint:
 
     internal_url: str
     public_url: str
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """The squid site cache: its image, command, rendered configuration and how many run.
+
+    The configuration is a public file set (``site-cache``: ``squid.conf``), mounted read-only;
+    the disk cache is a volume / emptyDir at ``cache_dir`` sized for ``disk_cache_mb``.
+    """
+
+    image: pulumi.Input[str]
+    command: list[str]
+    config: FileSet
+    port: int
+    probe_path: str
+    cache_dir: str
+    disk_cache_mb: int
+    resources: ResourceSpec
+    kind: Literal["Deployment", "DaemonSet"]
+    replicas: int

@@ -52,6 +52,10 @@ class RepositoryConfig(BaseModel):
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=64 * 1024, le=256 * 1024 * 1024)
     volatile: bool = True
     garbage_collectable: bool = True
+    # -- stratum-1 replication (site cache / replicas area) --
+    #: gc grace of this repository; overrides CVMFS_EPHEMERAL_GC_GRACE_S. A stratum 1 that
+    #: snapshots every N seconds needs objects of a superseded revision for longer than N.
+    gc_grace_s: int | None = Field(None, ge=0, description="default: the global gc grace")
 
     @field_validator("fqrn")
     @classmethod

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the runtime image's base locally: debootstrap'd Debian bookworm (minbase) with python3,
-# python3-venv, nginx-light and ca-certificates, imported into Docker as a single-layer image.
+# python3-venv, nginx-light, squid (the site cache) and ca-certificates, imported into Docker as a single-layer image.
 #
 # Why: the machines that build and test this project reach no container registry, so the base
 # image cannot be pulled. Doing the apt work here also means the Dockerfile needs no apt at build
@@ -20,7 +20,7 @@ set -euo pipefail
 BASE_IMAGE="${BASE_IMAGE:-cvmfs-ephemeral-base:bookworm}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 EXTRA_CA_DIR="${EXTRA_CA_DIR-/usr/local/share/ca-certificates}"
-PACKAGES="python3,python3-venv,nginx-light,ca-certificates"
+PACKAGES="python3,python3-venv,nginx-light,squid,ca-certificates"
 
 if [[ "${FORCE:-0}" != "1" ]] && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     echo "base image $BASE_IMAGE already present"
@@ -47,6 +47,7 @@ fi
 # nginx from Debian starts a root master and enables a default site; the image runs nginx as an
 # unprivileged user with its own config, so drop what would only confuse.
 rm -f "$root/etc/nginx/sites-enabled/default"
+# squid likewise runs unprivileged with the configuration the SiteCache component renders.
 # Shrink: package caches, lists, docs and logs are not needed at run time.
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
        "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \

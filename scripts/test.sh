@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# nginx (stratum-0 tests), the Docker engine and a debootstrapped base image (the runtime image
+# nginx (stratum-0 tests), squid (site-cache tests), the Docker engine and a debootstrapped base image (the runtime image
 # is built locally because no registry is reachable): see scripts/ensure-docker.sh.
 bash scripts/ensure-docker.sh
 

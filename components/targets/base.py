@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, Optional, Protocol, Sequence
 
 import pulumi
 
-from ..spec import ContainerSpec, Endpoint, MaintenanceSpec
+from ..spec import CacheSpec, ContainerSpec, Endpoint, MaintenanceSpec
 
 if TYPE_CHECKING:
     from ..config import StackConfig
@@ -51,6 +51,9 @@ class Target(Protocol):
 
     def maintenance(self, spec: MaintenanceSpec, parent: pulumi.Resource) -> None:
         """Run clean, gc and resign on their schedules."""
+
+    def site_cache(self, spec: CacheSpec, parent: pulumi.Resource) -> Endpoint:
+        """Run the squid site cache (its configuration names the stratum 0 it may reach)."""
 
     def check_url(self) -> Optional[str]:
         """Base of ``/cvmfs`` as reachable from the machine running ``pulumi up``; None: unknown."""

@@ -14,7 +14,9 @@ What it creates (``<name>`` is the stack's ``name``):
   filesystem. Secrets never become environment variables, labels or image layers;
 - containers ``<name>-stratum0`` (nginx), ``<name>-gateway``, ``<name>-upload`` and
   ``<name>-maintenance`` (the runtime's scheduler): user 10001, read-only root filesystem, a tmpfs
-  on /tmp, all capabilities dropped, ``no-new-privileges``, a restart policy, a health check.
+  on /tmp, all capabilities dropped, ``no-new-privileges``, a restart policy, a health check;
+- with ``siteCache.enabled``: container ``<name>-site-cache`` (squid, alias ``site-cache``), its
+  files volume and the disk-cache volume ``<name>-site-cache`` (see ``site_cache``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pulumi_docker as docker
 
 from .. import contract
 from ..config import StackConfig, quantity_bytes
-from ..spec import ContainerSpec, Endpoint, FileSet, MaintenanceSpec
+from ..spec import CacheSpec, ContainerSpec, Endpoint, FileSet, MaintenanceSpec
 from .base import ServiceRole, configured_public_url
 
 #: Mount options of the per-container /tmp.
@@ -303,6 +305,83 @@ class DockerTarget:
             health_port=None,
         )
 
+
+    # -- site cache (squid) ---------------------------------------------------------------------
+    def site_cache(self, spec: CacheSpec, parent: pulumi.Resource) -> Endpoint:
+        """``<name>-site-cache``: squid, its configuration from a files volume (read-only), its
+        disk cache on the named volume ``<name>-site-cache`` (kept across container
+        replacement), the same hardening as every container; published on ``siteCache.port``."""
+        assert self.network is not None, "prepare() first"
+        role = "site-cache"
+        opts = pulumi.ResourceOptions(parent=parent)
+        loader = self._files_loader(role, spec.image, [spec.config], parent)
+        volumes = [
+            docker.ContainerVolumeArgs(
+                volume_name=loader.volume_name, container_path=contract.CONFIG_DIR,
+                read_only=True,
+            )
+        ]
+        if spec.disk_cache_mb > 0:
+            cache = docker.Volume(
+                f"{self.name}-{role}",
+                name=f"{self.name}-{role}",
+                driver="local",
+                labels=[
+                    docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
+                    docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.role", value=role),
+                ],
+                opts=opts,
+            )
+            volumes.append(
+                docker.ContainerVolumeArgs(
+                    volume_name=cache.name, container_path=spec.cache_dir, read_only=False
+                )
+            )
+        probe = (
+            "import sys, urllib.request; "
+            f"sys.exit(urllib.request.urlopen('http://127.0.0.1:{spec.port}{spec.probe_path}', "
+            "timeout=4).status != 200)"
+        )
+        site = self.config.site_cache
+        container = docker.Container(
+            f"{self.name}-{role}",
+            name=f"{self.name}-{role}",
+            image=spec.image,
+            command=spec.command,
+            user=f"{contract.UID}:{contract.GID}",
+            read_only=True,
+            tmpfs={contract.TMP_DIR: TMPFS_OPTIONS},
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=["no-new-privileges:true"],
+            privileged=False,
+            restart=self.config.docker.restart,
+            networks_advanced=[
+                docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[role])
+            ],
+            ports=[
+                docker.ContainerPortArgs(
+                    internal=spec.port, external=site.port,
+                    ip=self.config.docker.bind_address, protocol="tcp",
+                )
+            ],
+            volumes=volumes,
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=["CMD", "python3", "-c", probe],
+                interval="10s", timeout="5s", retries=3, start_period="30s",
+            ),
+            memory=max(6, spec.resources.memory_limit_bytes() // 2**20),
+            labels=[
+                *self._labels(role),
+                docker.ContainerLabelArgs(label=f"{LABEL_PREFIX}.files", value=loader.id),
+            ],
+            wait=True,
+            wait_timeout=120,
+            must_run=True,
+            opts=pulumi.ResourceOptions(parent=parent, depends_on=[loader.container]),
+        )
+        self.containers.append(container)
+        public = site.public_url or f"http://localhost:{site.port}"
+        return Endpoint(internal_url=f"http://{role}:{spec.port}", public_url=public)
 
 
 class _Loader:

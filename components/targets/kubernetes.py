@@ -14,6 +14,8 @@ default ``<name>``):
   ConfigMap ``<name>-public-keys`` (what the gateway verifies with), Secret
   ``<name>-maintenance-token``; mounted read-only, or read with ``secretKeyRef``;
 - CronJobs ``<name>-clean``, ``<name>-gc``, ``<name>-resign`` (``concurrencyPolicy: Forbid``);
+- with ``siteCache.enabled``: Deployment or DaemonSet ``<name>-site-cache`` (squid), its ConfigMap
+  and Service (see ``site_cache``);
 - optionally an Ingress routing ``/cvmfs``, ``/cvmfs-meta`` to stratum 0,
   ``/api/v1/notifications`` to the gateway and everything else to the upload API.
 
@@ -31,7 +33,7 @@ import pulumi_kubernetes as k8s
 
 from .. import contract
 from ..config import ResourceSpec, StackConfig
-from ..spec import ContainerSpec, Endpoint, FileSet, MaintenanceSpec
+from ..spec import CacheSpec, ContainerSpec, Endpoint, FileSet, MaintenanceSpec
 from .base import ServiceRole, configured_public_url
 
 core = k8s.core.v1
@@ -522,3 +524,128 @@ class KubernetesTarget:
                 opts=opts,
             )
             self._workloads.append(cron)
+
+    # -- site cache (squid) ---------------------------------------------------------------------
+    def site_cache(self, spec: CacheSpec, parent: pulumi.Resource) -> Endpoint:
+        """``<name>-site-cache``: a Deployment (``replicas``) or a DaemonSet (one per node, its
+        Service keeps traffic on the node: ``internalTrafficPolicy: Local``) of squid, with
+        ConfigMap ``<name>-site-cache`` (squid.conf), the disk cache on an emptyDir sized for
+        it, HTTP probes on a file squid serves itself, and Service ``<name>-site-cache``."""
+        component = "site-cache"
+        name = f"{self.name}-{component}"
+        opts = pulumi.ResourceOptions(parent=parent)
+        config_volume = self._fileset_volume(spec.config, parent)
+        volumes = [
+            core.VolumeArgs(
+                name="tmp", empty_dir=core.EmptyDirVolumeSourceArgs(size_limit="64Mi")
+            ),
+            config_volume,
+        ]
+        mounts = [
+            core.VolumeMountArgs(name="tmp", mount_path=contract.TMP_DIR),
+            core.VolumeMountArgs(
+                name=config_volume.name, mount_path=spec.config.directory, read_only=True
+            ),
+        ]
+        if spec.disk_cache_mb > 0:
+            # squid's cache_dir size plus room for its swap.state and directory overhead.
+            limit_mi = spec.disk_cache_mb * 23 // 20 + 64
+            volumes.append(
+                core.VolumeArgs(
+                    name="cache",
+                    empty_dir=core.EmptyDirVolumeSourceArgs(size_limit=f"{limit_mi}Mi"),
+                )
+            )
+            mounts.append(core.VolumeMountArgs(name="cache", mount_path=spec.cache_dir))
+
+        def probe(**extra) -> core.ProbeArgs:
+            return core.ProbeArgs(
+                http_get=core.HTTPGetActionArgs(path=spec.probe_path, port="proxy"),
+                timeout_seconds=5,
+                **extra,
+            )
+
+        container = core.ContainerArgs(
+            name="squid",
+            image=spec.image,
+            image_pull_policy=self.config.image.pull_policy,
+            command=spec.command,
+            ports=[core.ContainerPortArgs(name="proxy", container_port=spec.port, protocol="TCP")],
+            startup_probe=probe(period_seconds=2, failure_threshold=90),
+            readiness_probe=probe(period_seconds=10, failure_threshold=3),
+            liveness_probe=probe(period_seconds=20, failure_threshold=3),
+            resources=resources(spec.resources),
+            security_context=container_security_context(),
+            volume_mounts=mounts,
+        )
+        pull_secrets = [
+            core.LocalObjectReferenceArgs(name=n) for n in self.config.kubernetes.image_pull_secrets
+        ] or None
+        conf_digest = hashlib.sha256(
+            "".join(f"{k}\0{v}" for k, v in sorted(spec.config.files.items())).encode()
+        ).hexdigest()
+        template = core.PodTemplateSpecArgs(
+            metadata=meta.ObjectMetaArgs(
+                labels=self._labels(component),
+                annotations={CONFIG_HASH_ANNOTATION: conf_digest},
+            ),
+            spec=core.PodSpecArgs(
+                containers=[container],
+                volumes=volumes,
+                security_context=pod_security_context(),
+                automount_service_account_token=False,
+                enable_service_links=False,
+                restart_policy="Always",
+                image_pull_secrets=pull_secrets,
+                # squid finishes the answers in flight (shutdown_lifetime 3 s).
+                termination_grace_period_seconds=10,
+            ),
+        )
+        selector = meta.LabelSelectorArgs(match_labels=self._selector(component))
+        if spec.kind == "DaemonSet":
+            workload: pulumi.Resource = apps.DaemonSet(
+                name,
+                metadata=self._meta(name, component),
+                spec=apps.DaemonSetSpecArgs(
+                    selector=selector,
+                    update_strategy=apps.DaemonSetUpdateStrategyArgs(type="RollingUpdate"),
+                    template=template,
+                ),
+                opts=opts,
+            )
+        else:
+            workload = apps.Deployment(
+                name,
+                metadata=self._meta(name, component),
+                spec=apps.DeploymentSpecArgs(
+                    replicas=spec.replicas,
+                    strategy=apps.DeploymentStrategyArgs(
+                        type="RollingUpdate",
+                        rolling_update=apps.RollingUpdateDeploymentArgs(
+                            max_unavailable=0, max_surge=1
+                        ),
+                    ),
+                    selector=selector,
+                    template=template,
+                ),
+                opts=opts,
+            )
+        self._workloads.append(workload)
+        site = self.config.site_cache
+        core.Service(
+            name,
+            metadata=self._meta(name, component),
+            spec=core.ServiceSpecArgs(
+                type=self.config.kubernetes.service_type,
+                selector=self._selector(component),
+                internal_traffic_policy="Local" if spec.kind == "DaemonSet" else None,
+                ports=[
+                    core.ServicePortArgs(
+                        name="proxy", port=site.port, target_port=spec.port, protocol="TCP"
+                    )
+                ],
+            ),
+            opts=opts,
+        )
+        internal = f"http://{name}.{self.config.namespace}.svc.cluster.local:{site.port}"
+        return Endpoint(internal_url=internal, public_url=site.public_url or internal)

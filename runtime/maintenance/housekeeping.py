@@ -29,7 +29,9 @@ TOTALS = {"clean": ("removed_count",), "gc": ("objects_deleted", "bytes_freed"),
 
 
 def run_gc(repo: Repository, settings: Settings):
-    return collect(repo, grace_s=settings.gc_grace_s)
+    """gc with the repository's own grace if it has one, else the global one (else the default)."""
+    own = settings.repository(repo.fqrn).gc_grace_s
+    return collect(repo, grace_s=own if own is not None else settings.gc_grace_s)
 
 
 def run_resign(repo: Repository, settings: Settings, *, force: bool = False):

@@ -3,7 +3,10 @@
 Only names a client or ``cvmfs_swissknife pull`` may ask for are served; everything else is a
 404, which also confines requests to the repository (no ``..``, no private area, no keys).
 Odd paths (overlong names, NULs, encoded slashes) are 404s too, never errors.
-Objects are immutable and cached for 3 days; the signed files are never cached. No
+Objects are immutable and cached for 3 days; the signed files and public keys are ``no-cache``:
+a proxy may keep them but must ask the stratum 0 before every use, so a client notified of a
+publish never gets the previous manifest from a site cache (a ``max-age`` would let it, and the
+client would then wait a whole TTL). The headers are exactly nginx's (tests compare them). No
 ``Content-Encoding``, ``ETag`` or ``Last-Modified`` (the client hashes raw bodies and Squid
 mishandles validators). In Docker and Kubernetes nginx serves the same files with the same
 rules (``deploy/nginx/stratum0.conf``).
@@ -23,7 +26,9 @@ SIGNED_FILES = (".cvmfspublished", ".cvmfswhitelist", ".cvmfs_master_replica")
 OBJECT_RE = re.compile(r"^data/[0-9a-f]{2}/[0-9a-f]{38}[CPHXM]?$")
 META_RE = re.compile(r"^([a-z0-9][a-z0-9_.-]{0,252})\.(pub|crt)$")
 
-NO_CACHE = "no-cache, max-age=0"
+#: The signed files and keys: revalidated on every use (squid stores them, asks each time).
+NO_CACHE = "no-cache"
+#: Content-addressed objects: never change (3 days, like cvmfs_server's Apache configuration).
 IMMUTABLE = "public, max-age=259200, immutable"
 
 
@@ -68,7 +73,7 @@ def meta_file(data_dir: Path, name: str) -> Response:
     if not m:
         return PlainTextResponse("not found\n", status_code=404)
     media = "application/x-pem-file"
-    return _file(Path(data_dir) / "meta" / name, media, "public, max-age=300")
+    return _file(Path(data_dir) / "meta" / name, media, NO_CACHE)
 
 
 def routes(data_dir: Path):
