@@ -1,7 +1,8 @@
 """The unpack pool is shared fairly, and the event loop never waits on parsing.
 
 Against the real server over loopback: stalled archive uploads (bodies that stop sending) to
-one repository cannot keep an archive upload to another repository from completing, and
+one repository, with one team's token, cannot keep another team's archive upload to another
+repository from completing; the stalling token's own uploads wait for its share; and
 ``/healthz`` answers quickly while a large archive is parsed.
 """
 
@@ -16,7 +17,7 @@ import pytest
 
 from tests.ingestkit import empty_files_tar, published, put_archive
 from tests.live_server import live_server
-from tests.uploadkit import FQRN, OTHER, TOKEN, auth, make_tar, settings
+from tests.uploadkit import FQRN, OTHER, SCOPED, TOKEN, auth, make_tar, settings
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_stalled_uploads_to_one_repository_do_not_starve_another(srv):
         # 4 of them hold a parser (A's share); the others wait without holding a thread
         assert wait_for(lambda: pool.snapshot() == {"running": 4, "waiting": 12}), pool.snapshot()
         other = srv.repositories[OTHER]
-        with httpx.Client(base_url=srv.url, headers=auth(), timeout=30) as c:
+        with httpx.Client(base_url=srv.url, headers=auth(SCOPED), timeout=30) as c:
             started = time.perf_counter()
             r = put_archive(c, "normal", make_tar([(f"f{i}", "file", b"%d" % i)
                                                    for i in range(200)]), fqrn=OTHER)
@@ -68,6 +69,25 @@ def test_stalled_uploads_to_one_repository_do_not_starve_another(srv):
     # the slots come back once the stalled clients are gone
     assert wait_for(lambda: pool.snapshot() == {"running": 0, "waiting": 0}), pool.snapshot()
     assert wait_for(lambda: published(srv.repositories[FQRN])[1:] == ([], []))
+
+
+def test_a_stalling_token_waits_for_its_own_share_in_every_repository(srv):
+    """The token is a tenant too: its 4 stalled parsers are its share, so its upload to
+    another repository queues (holding no thread) instead of taking a fifth slot."""
+    pool = srv.app.state.uploads.unpack_pool
+    stalled = [stall(srv.url, FQRN, f"stalled{i}") for i in range(4)]
+    try:
+        assert wait_for(lambda: pool.snapshot() == {"running": 4, "waiting": 0}), pool.snapshot()
+        queued = stall(srv.url, OTHER, "same-token")
+        try:
+            assert wait_for(lambda: pool.snapshot() == {"running": 4, "waiting": 1}), \
+                pool.snapshot()
+        finally:
+            queued.close()
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert wait_for(lambda: pool.snapshot() == {"running": 0, "waiting": 0}), pool.snapshot()
 
 
 def test_healthz_answers_within_a_second_during_a_large_unpack(srv):
