@@ -74,14 +74,19 @@ class Marker:
         self.started_at = started_at
 
     @classmethod
-    def create(cls, directory: Path, tx_id: str, started_at: float) -> "Marker":
-        """Write the marker whole or not at all (a full disk leaves no empty marker)."""
+    def create(cls, directory: Path, tx_id: str) -> "Marker":
+        """Write the marker whole or not at all (a full disk leaves no empty marker).
+
+        The start recorded is the new file's mtime: the filesystem's (coarse) clock, the one
+        that stamps the objects gc compares with it.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / tx_id
-        data = f"{os.getpid()} {_SELF_START or '-'} {started_at!r}\n".encode()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             try:
+                started_at = os.fstat(fd).st_mtime
+                data = f"{os.getpid()} {_SELF_START or '-'} {started_at!r}\n".encode()
                 if os.write(fd, data) != len(data):
                     raise OSError("short write of staging marker")
             finally:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -102,7 +101,7 @@ class Transaction:
         self._unchecked_bytes = 0
         repo.space.check()
         try:
-            self.marker = Marker.create(repo.private_dir / "staging", self.id, time.time())
+            self.marker = Marker.create(repo.staging_dir, self.id)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull("the server's storage is full (no space for a staging marker);"
