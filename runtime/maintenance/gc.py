@@ -277,6 +277,7 @@ def collect(repo: Repository, *, grace_s: float | None = None, now: float | None
             cache.forget([r["root_hash"] for r in dropped]
                          + [h for h, suffix in candidates if suffix == CATALOG])
         result.temp_files_removed = _remove_stale_temps(repo, cutoff_ns)
+    repo.space.ensure_reserve()  # after a full disk: the space reserve file comes back
     result.seconds = round(time.perf_counter() - started, 6)
     log.info("gc %s: %d objects (%d bytes) freed, %d revisions retained, %d pruned, %.2f s",
              repo.fqrn, result.objects_deleted, result.bytes_freed, result.retained_revisions,

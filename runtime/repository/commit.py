@@ -27,6 +27,7 @@ published.
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import stat
 import time
@@ -36,7 +37,8 @@ from typing import TYPE_CHECKING
 from ..cvmfs import manifest as manifest_mod
 from ..cvmfs.catalog import Counters, Entry, NestedRef, build_catalog, read_catalog
 from ..cvmfs.objects import CATALOG, CERTIFICATE, compress
-from .errors import ArtifactExists, ArtifactNotFound, InvalidPath, RepositoryError
+from .errors import (ArtifactExists, ArtifactNotFound, InvalidPath, RepositoryError,
+                     StorageFull)
 from .files import atomic_write
 from .names import MARKER_NAME, catalog_path
 from .state import ArtifactRow, State, content_digest, full_disk_is_storage_full
@@ -113,6 +115,16 @@ class Commit:
         self.refreshed: list[str] = []
 
     def run(self) -> PublishResult:
+        """Steps 1-6; a full disk before the commit point is :class:`StorageFull` (507)."""
+        try:
+            return self._run()
+        except OSError as exc:
+            if isinstance(exc, StorageFull) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise StorageFull("the server's storage is full (no space left on device);"
+                              " nothing was published, retry later") from exc
+
+    def _run(self) -> PublishResult:
         repo = self.repo
         recover(repo)
         early_sync = repo.store.start_sync() if self.transactions else None

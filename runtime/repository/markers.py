@@ -210,6 +210,6 @@ class Heartbeat:
                     self._thread = None
                     return
             for tx in txs:
-                if not tx.closed:  # type: ignore[attr-defined]
+                if not tx.closed and tx.marker is not None:  # type: ignore[attr-defined]
                     tx.marker.touch(self.idle_timeout_s)  # type: ignore[attr-defined]
             del txs

@@ -39,7 +39,8 @@ from ..cvmfs.chunking import Ingester
 from ..cvmfs.objects import ObjectStore
 from ..settings import RepositoryConfig, validate_fqrn
 from .commit import Commit, PublishResult, recover, tree_of
-from .errors import ArtifactNotFound, NotInitialized, RepositoryError, RepositoryLocked
+from .errors import (ArtifactNotFound, NotInitialized, RepositoryError, RepositoryLocked,
+                     StorageFull)
 from .files import atomic_write, utcnow
 from .markers import Heartbeat, oldest_live_start
 from .space import DEFAULT_MIN_FREE_BYTES, SpaceGuard
@@ -137,6 +138,7 @@ class Repository:
             keys_mod.create_missing(self.keys_dir, self.fqrn)
             self._keys = None
             self._export_public_keys()
+            self.space.ensure_reserve()
             if self.exists():
                 recover(self)
                 return False
@@ -222,7 +224,7 @@ class Repository:
         return self.manifest().revision
 
     def _rows(self) -> dict[str, ArtifactRow]:
-        with self.state.connection() as conn:
+        with self.state.connection(readonly_ok=True) as conn:
             return self.state.load_artifacts(conn)
 
     def artifacts(self) -> list[ArtifactInfo]:
@@ -272,7 +274,7 @@ class Repository:
         """
         try:
             with self.writer_lock():
-                result = Commit(self, list(transactions)).run()
+                result = self._commit(list(transactions))
         except BaseException:
             if release_on_error:
                 for tx in transactions:
@@ -283,6 +285,22 @@ class Repository:
         if result.new_revision:
             self._notify(result)
         return result
+
+    def _commit(self, transactions: list[Transaction]) -> PublishResult:
+        """``Commit.run``; a commit that only removes artifacts may use the reserve file.
+
+        On a disk filled by someone else, deleting is how space comes back: such a commit that
+        fails for lack of space gives up ``private/space.reserve`` and runs once more.
+        """
+        try:
+            return Commit(self, transactions).run()
+        except StorageFull:
+            if not all(tx.stages_no_content for tx in transactions) or \
+                    not self.space.release_reserve():
+                raise
+            log.warning("%s: disk full; released the space reserve file to remove artifacts",
+                        self.fqrn)
+            return Commit(self, transactions).run()
 
     def _notify(self, result: PublishResult) -> None:
         """Tell listeners (the notification gateway) about a new revision, after the lock."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -162,6 +163,15 @@ def content_digest(tree: dict[str, Entry], base: str) -> str:
     return digest.hexdigest()
 
 
+def _nearly_full(directory: Path) -> bool:
+    """Less than 1 MiB free: SQLite's "disk I/O error" opening the WAL index means full disk."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1024 * 1024
+
+
 class State:
     """``state.db`` of one repository: connections, artifact rows (cached), revisions."""
 
@@ -193,17 +203,24 @@ class State:
             if self._keeper is None:
                 self._keeper = self._open()
 
-    def connect(self) -> sqlite3.Connection:
-        """A new read-write connection; on a full disk without WAL files, a read-only one."""
+    def connect(self, *, readonly_ok: bool = False) -> sqlite3.Connection:
+        """A new read-write connection.
+
+        When SQLite cannot open it (no room for the WAL files), a reader (``readonly_ok``)
+        gets a read-only one, and a writer :class:`StorageFull` if the disk is full.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with full_disk_is_storage_full("state.db"):
                 self._keep_open()
                 return self._open()
-        except (sqlite3.OperationalError, StorageFull):
-            if not self.path.exists():
-                raise
-            return self.connect_readonly()
+        except (sqlite3.OperationalError, StorageFull) as exc:
+            if readonly_ok and self.path.exists():
+                return self.connect_readonly()
+            if isinstance(exc, sqlite3.OperationalError) and _nearly_full(self.path.parent):
+                raise StorageFull("the server's storage is full (state.db cannot be opened);"
+                                  " nothing was published, retry later") from exc
+            raise
 
     def connect_readonly(self) -> sqlite3.Connection:
         """Read without creating any file: ``immutable`` skips the WAL and lock files.
@@ -215,8 +232,8 @@ class State:
         return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
-        conn = self.connect()
+    def connection(self, *, readonly_ok: bool = False) -> Iterator[sqlite3.Connection]:
+        conn = self.connect(readonly_ok=readonly_ok)
         try:
             with full_disk_is_storage_full("state.db"):
                 yield conn
@@ -298,7 +315,7 @@ class State:
     # -- revisions -----------------------------------------------------------------------
     def revisions(self) -> list[dict]:
         """Revisions recorded in state, newest first (gc retention uses them)."""
-        with self.connection() as conn:
+        with self.connection(readonly_ok=True) as conn:
             rows = conn.execute(
                 "SELECT revision, root_hash, root_size, certificate_hash, timestamp, published_at,"
                 " state FROM revisions ORDER BY revision DESC").fetchall()

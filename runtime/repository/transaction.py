@@ -6,8 +6,11 @@ characters; mtimes and sizes that fit the catalog's signed 64-bit columns; modes
 permission bits, setuid/setgid/sticky stripped), so that a bad member refuses its own upload
 (:class:`InvalidPath`, 400) and never reaches a group commit shared with other uploads.
 
-Free space is checked when a transaction begins and while content streams in (``space.py``);
-the staging marker (``markers.py``) is written whole or not at all.
+Free space is checked before a transaction stages its first content and while content streams
+in (``space.py``); the staging marker (``markers.py``) is written whole or not at all. On a disk
+too full even for the marker, a transaction can still remove artifacts and change expiries
+(they stage no object, so gc has nothing of theirs to spare), and refuses content with
+:class:`StorageFull` (507).
 
 Overwrite is decided at commit: staging an artifact's top-level entry (``add_directory(name)``,
 ``add_file(name)``, ``add_symlink(name)``, ``open_file(name)``) makes the transaction *replace*
@@ -99,22 +102,37 @@ class Transaction:
         self.expired_before: float | None = None
         self.closed = False
         self._unchecked_bytes = 0
-        repo.space.check()
+        self._space_checked = False
+        #: None when the disk had no room for it: then the transaction may remove artifacts and
+        #: change expiries (which stage no objects), and refuses content with StorageFull
+        self.marker: Marker | None = None
+        self._no_marker: StorageFull | None = None
         try:
             self.marker = Marker.create(repo.staging_dir, self.id)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull("the server's storage is full (no space for a staging marker);"
-                                  " nothing was published") from exc
-            raise
-        repo.heartbeat.add(self)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._no_marker = StorageFull("the server's storage is full (no space for a staging"
+                                          " marker); nothing was published, retry later")
+        else:
+            repo.heartbeat.add(self)
 
     # -- checks while staging --------------------------------------------------------------
     def _now(self) -> int:
         return int(self.repo.clock())
 
+    def _staging_content(self) -> None:
+        """Before the first object or entry: the transaction has a marker and disk space."""
+        if self._space_checked:
+            return
+        if self._no_marker is not None:
+            raise self._no_marker
+        self.repo.space.check()
+        self._space_checked = True
+
     def _progress(self, nbytes: int) -> None:
         """Count staged bytes: refuse once the free-space reserve would be eaten into."""
+        self._staging_content()
         self._unchecked_bytes += nbytes
         if self._unchecked_bytes >= CHECK_EVERY_BYTES:
             self._unchecked_bytes = 0
@@ -122,6 +140,7 @@ class Transaction:
 
     def _entry(self, kind: str, parts: Sequence[str], mode: int, mtime: int | None,
                **fields: object) -> Op:
+        self._staging_content()
         path = catalog_path(parts)
         mtime = self._now() if mtime is None else validate_mtime(mtime, path.lstrip("/"))
         if len(parts) == 1:
@@ -145,6 +164,7 @@ class Transaction:
         parts = split_path(path)
         if mtime is not None:
             validate_mtime(mtime, path)
+        self._staging_content()
         self.repo.space.check(len(source) if isinstance(source, bytes) else 0)
         content = self.repo.ingester.ingest(source)
         self._record_file(parts, content, mode, mtime)
@@ -163,6 +183,7 @@ class Transaction:
         """Stage a file whose bytes arrive later (``write``/``awrite`` then ``close``/``aclose``)."""
         parts = split_path(path)
         when = self._now() if mtime is None else validate_mtime(mtime, path)
+        self._staging_content()
         return StagedFile(self, parts, mode, when)
 
     def add_directory(self, path: str | ValidPath, *, mode: int = 0o755,
@@ -246,16 +267,24 @@ class Transaction:
         for (parts, mode, mtime), content in zip(batch, fut.result()):
             self._record_file(parts, content, mode, mtime)
 
+    @property
+    def stages_no_content(self) -> bool:
+        """Only removals and expiry changes: it adds no object and no entry."""
+        return all(op.kind == "remove" for op in self.ops)
+
     # -- lifecycle -----------------------------------------------------------------------
     def check_alive(self) -> None:
         """Raise :class:`TransactionAbandoned` if gc may have given up on this transaction."""
+        if self.marker is None:
+            return  # it staged no object (see __init__): nothing of it for gc to take
         self.marker.check_alive(self.repo.body_idle_timeout_s, f"transaction {self.id[:8]}")
 
     def release(self) -> None:
         """Forget the in-flight marker (after publish or abort)."""
         self.closed = True
         self.repo.heartbeat.discard(self)
-        self.marker.release()
+        if self.marker is not None:
+            self.marker.release()
 
     def abort(self) -> None:
         """Drop the staged changes; objects already written are left for gc."""
