@@ -26,22 +26,31 @@ published.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
+import hashlib
 import logging
+import os
 import stat
 import time
+import uuid
+import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from ..cvmfs import manifest as manifest_mod
-from ..cvmfs.catalog import Counters, Entry, NestedRef, build_catalog, read_catalog
+from ..cvmfs.catalog import (Counters, Entry, NestedRef, build_catalog, read_catalog,
+                             write_nested_catalog)
 from ..cvmfs.objects import CATALOG, CERTIFICATE, compress
 from .errors import (ArtifactExists, ArtifactNotFound, InvalidPath, RepositoryError,
                      StorageFull)
 from .files import atomic_write
 from .names import MARKER_NAME, catalog_path
-from .state import ArtifactRow, State, content_digest, full_disk_is_storage_full
+from .staged import StagedTree
+from .state import (ArtifactRow, ContentDigest, State, content_digest,
+                    full_disk_is_storage_full)
 
 if TYPE_CHECKING:
     import sqlite3
@@ -85,6 +94,44 @@ def recover(repo: "Repository") -> None:
                 atomic_write(repo.manifest_path, bytes(blob))
             conn.execute("UPDATE revisions SET state='published' WHERE revision=?",
                          (revision,))
+
+
+def store_catalog_file(repo: "Repository", raw: Path) -> tuple[str, int]:
+    """Compress the catalog file ``raw`` into a ``C`` object piece by piece: (hex, raw size).
+
+    The compressed bytes go to a temp file in ``data/txn`` and are renamed to their name; an
+    object already there with the right size is kept and its mtime refreshed, as
+    ``ObjectStore.put`` does (gc spares what a commit is about to reference).
+    """
+    store = repo.store
+    tmp = store.txn / f"catalog.{os.getpid()}.{uuid.uuid4().hex}.C"
+    sha, packer = hashlib.sha1(), zlib.compressobj(6)
+    raw_size = stored = 0
+    try:
+        with open(raw, "rb") as src, open(tmp, "wb") as dst:
+            while block := src.read(1 << 20):
+                raw_size += len(block)
+                for piece in (packer.compress(block),):
+                    sha.update(piece)
+                    dst.write(piece)
+                    stored += len(piece)
+            piece = packer.flush()
+            sha.update(piece)
+            dst.write(piece)
+            stored += len(piece)
+        hex_ = sha.hexdigest()
+        final = store.path(hex_, CATALOG)
+        try:
+            if final.stat().st_size == stored:
+                os.utime(final)
+                return hex_, raw_size
+        except FileNotFoundError:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, final)
+        return hex_, raw_size
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def tree_of(repo: "Repository", art: ArtifactRow) -> Tree:
@@ -169,7 +216,7 @@ class Commit:
     # -- step 2: replay ------------------------------------------------------------------
     def replay(self) -> None:
         for tx in self.transactions:
-            trial = {k: (dict(v) if v is not None else None) for k, v in self.work.items()}
+            trial = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.work.items()}
             try:
                 tx.check_alive()
                 if tx.expired_before is not None:
@@ -209,13 +256,16 @@ class Commit:
             current = work[name] if name in work else (self.arts.get(name) and True)
             if current:
                 raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}")
-        for name in tx.replaces:
-            work[name] = None  # replaced whole: what the artifact holds now does not matter
+        for name, staged in tx.staged.items():
+            # replaced whole: what the artifact holds now does not matter
+            work[name] = staged if len(staged) else None
         for op in tx.ops:
             name = op.parts[0]
             if name not in work:
                 art = self.arts.get(name)
                 work[name] = dict(tree_of(self.repo, art)) if art else None
+            elif isinstance(work[name], StagedTree):
+                work[name] = work[name].as_dict()  # type: ignore[union-attr]  # edited after
             tree = work[name]
             path = catalog_path(op.parts)
             if op.kind == "remove":
@@ -260,8 +310,13 @@ class Commit:
                     self.new_rows[name] = None
                     self.removed.append(name)
                 continue
-            digest = content_digest(tree, "/" + name)
             expires_at = self.expiry.get(name, old.expires_at if old else None)
+            if isinstance(tree, StagedTree):
+                if tree.spilled:
+                    self.stage_streamed(name, tree, old, expires_at)
+                    continue
+                tree = tree.as_dict()  # a few thousand entries: built in memory, faster
+            digest = content_digest(tree, "/" + name)
             if old is not None and digest == old.content_digest:
                 old = copy.copy(old)
                 old.expires_at = expires_at
@@ -302,6 +357,63 @@ class Commit:
                       uid=top.uid, gid=top.gid, linkcount=2 + subdirs)
         return ArtifactRow(name, mount, obj.hex, len(built.data), built.counters, digest, size,
                            files, created, expires_at, 0)
+
+    def stage_streamed(self, name: str, tree: StagedTree, old: ArtifactRow | None,
+                       expires_at: float | None) -> None:
+        """:meth:`stage_artifact` for a staged tree read back from disk, in bounded memory.
+
+        Two passes in path order: the content digest, size and file count first (an identical
+        re-upload stops there: only its expiry moves), then the nested catalog, written
+        straight into a file and compressed into the store piece by piece.
+        """
+        repo, now, top_path = self.repo, self.now, "/" + name
+        digest = ContentDigest(top_path)
+        size = files = 0
+        for e, _subdirs in tree.entries():
+            digest.add(e)
+            if e.is_regular:
+                size += e.size
+                files += 1
+        hexdigest = digest.hexdigest()
+        if old is not None and hexdigest == old.content_digest:
+            row = self.new_rows[name] = copy.copy(old)
+            row.expires_at = expires_at
+            self.refreshed.append(name)
+            return
+        created = old.created_at if old is not None else float(repo.clock())
+        top = tree.top_entry()
+        assert top is not None
+        self.changed.append(name)
+        if not top.is_dir:
+            self.new_rows[name] = ArtifactRow(name, top, None, None, None, hexdigest, size,
+                                              files, created, expires_at, 0)
+            return
+        compressed = repo.config.compression == "zlib"
+        empty = repo.store.put_content(b"", "", compressed)
+        marker = Entry(path=f"{top_path}/{MARKER_NAME}", mode=stat.S_IFREG | 0o644, mtime=now,
+                       size=0, digest=empty.digest, compressed=compressed, hidden=True)
+        top_subdirs = 0
+
+        def rows() -> Iterator[tuple[Entry, int]]:
+            nonlocal top_subdirs
+            for e, subdirs in tree.entries():
+                if e.path == top_path:
+                    top_subdirs = subdirs
+                yield e, subdirs
+            yield marker, 0
+
+        raw = repo.store.txn / f"catalog.{os.getpid()}.{uuid.uuid4().hex}.db"
+        try:
+            counters = write_nested_catalog(str(raw), rows(), root_path=top_path, properties={
+                "root_prefix": top_path, "last_modified": now, "revision": 1})
+            hex_, raw_size = store_catalog_file(repo, raw)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                raw.unlink()
+        mount = Entry(path=top_path, mode=top.mode, mtime=top.mtime, size=top.size,
+                      uid=top.uid, gid=top.gid, linkcount=2 + top_subdirs)
+        self.new_rows[name] = ArtifactRow(name, mount, hex_, raw_size, counters, hexdigest, size,
+                                          files, created, expires_at, 0)
 
     # -- step 4: root catalog and manifest -----------------------------------------------
     def final_rows(self) -> dict[str, ArtifactRow]:

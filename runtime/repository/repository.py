@@ -44,6 +44,7 @@ from .errors import (ArtifactNotFound, NotInitialized, RepositoryError, Reposito
 from .files import atomic_write, utcnow
 from .markers import Heartbeat, oldest_live_start
 from .space import DEFAULT_MIN_FREE_BYTES, SpaceGuard
+from .staged import remove_orphan_spills
 from .state import ArtifactInfo, ArtifactRow, State, kind_of
 from .transaction import Transaction
 
@@ -103,6 +104,11 @@ class Repository:
     @property
     def staging_dir(self) -> Path:
         return self.private_dir / "staging"
+
+    @property
+    def spill_dir(self) -> Path:
+        """Entries of large staged artifacts (``staged.py``)."""
+        return self.private_dir / "spill"
 
     def exists(self) -> bool:
         return self.manifest_path.exists()
@@ -259,7 +265,10 @@ class Repository:
         Markers of dead processes and markers idle for longer than the body idle timeout do
         not count (and are removed).
         """
-        return oldest_live_start(self.staging_dir, self.body_idle_timeout_s)
+        oldest = oldest_live_start(self.staging_dir, self.body_idle_timeout_s)
+        live = {p.name for p in self.staging_dir.iterdir()} if self.staging_dir.is_dir() else set()
+        remove_orphan_spills(self.spill_dir, live)
+        return oldest
 
     # -- commit -------------------------------------------------------------------------------
     def publish(self, *transactions: Transaction,

@@ -21,6 +21,7 @@ simply created).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -32,12 +33,13 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Sequence
 
 from ..cvmfs.catalog import Entry
 from ..cvmfs.chunking import FileContent, FileWriter
-from .errors import InvalidPath, StorageFull
+from .errors import ArtifactNotFound, InvalidPath, StorageFull
 from .markers import Marker, TransactionAbandoned
 from .names import (ValidPath, as_parts, catalog_path, permissions, split_path,
                     validate_artifact_name, validate_mtime, validate_size,
                     validate_symlink_target)
 from .space import CHECK_EVERY_BYTES
+from .staged import StagedTree
 
 if TYPE_CHECKING:
     from .commit import PublishResult
@@ -96,8 +98,9 @@ class Transaction:
         self.ops: list[Op] = []
         self.expiry: dict[str, float | None] = {}
         self.require_absent: set[str] = set()
-        #: artifacts this transaction replaces whole (their top-level entry is staged)
-        self.replaces: set[str] = set()
+        #: the artifacts this transaction replaces whole (their top-level entry is staged),
+        #: with their entries (``staged.py``: on disk once there are many)
+        self.staged: dict[str, StagedTree] = {}
         #: set by :meth:`remove_expired`: artifacts expiring at or before it are removed
         self.expired_before: float | None = None
         self.closed = False
@@ -138,16 +141,40 @@ class Transaction:
             self._unchecked_bytes = 0
             self.repo.space.check()
 
+    @property
+    def replaces(self) -> set[str]:
+        """Names of the artifacts this transaction replaces whole."""
+        return set(self.staged)
+
     def _entry(self, kind: str, parts: Sequence[str], mode: int, mtime: int | None,
-               **fields: object) -> Op:
+               **fields: object) -> None:
         self._staging_content()
         path = catalog_path(parts)
         mtime = self._now() if mtime is None else validate_mtime(mtime, path.lstrip("/"))
-        if len(parts) == 1:
-            self.replaces.add(parts[0])
-        op = Op(kind, parts, Entry(path=path, mode=mode, mtime=mtime, **fields))  # type: ignore[arg-type]
-        self.ops.append(op)
-        return op
+        entry = Entry(path=path, mode=mode, mtime=mtime, **fields)  # type: ignore[arg-type]
+        name = parts[0]
+        tree = self.staged.get(name)
+        if tree is None and len(parts) == 1:
+            tree = self._replace(name)
+        if tree is not None:
+            tree.put(parts, entry, self._now())
+        else:
+            self.ops.append(Op(kind, parts, entry))
+
+    def _replace(self, name: str) -> StagedTree:
+        """From now on ``name`` is replaced whole; what was staged for it so far moves along."""
+        tree = self.staged[name] = StagedTree(
+            name, self.repo.spill_dir / f"{self.id}.{len(self.staged)}.db")
+        earlier = [op for op in self.ops if op.parts[0] == name]
+        self.ops = [op for op in self.ops if op.parts[0] != name]
+        for op in earlier:
+            if op.kind == "remove":
+                with contextlib.suppress(ArtifactNotFound):
+                    tree.remove(catalog_path(op.parts))
+            else:
+                assert op.entry is not None
+                tree.put(op.parts, op.entry, self._now())
+        return tree
 
     # -- staging -------------------------------------------------------------------------
     def _record_file(self, parts: Sequence[str], content: FileContent, mode: int,
@@ -198,7 +225,12 @@ class Transaction:
 
     def remove(self, path: str) -> None:
         """Remove a path (an artifact when it is a single name) and everything below it."""
-        self.ops.append(Op("remove", split_path(path)))
+        parts = split_path(path)
+        tree = self.staged.get(parts[0])
+        if tree is not None:
+            tree.remove(catalog_path(parts))
+        else:
+            self.ops.append(Op("remove", parts))
 
     def set_expiry(self, name: str, expires_at: float | None) -> None:
         self.expiry[validate_artifact_name(name)] = expires_at
@@ -270,7 +302,7 @@ class Transaction:
     @property
     def stages_no_content(self) -> bool:
         """Only removals and expiry changes: it adds no object and no entry."""
-        return all(op.kind == "remove" for op in self.ops)
+        return not self.staged and all(op.kind == "remove" for op in self.ops)
 
     # -- lifecycle -----------------------------------------------------------------------
     def check_alive(self) -> None:
@@ -282,6 +314,8 @@ class Transaction:
     def release(self) -> None:
         """Forget the in-flight marker (after publish or abort)."""
         self.closed = True
+        for tree in self.staged.values():
+            tree.close()
         self.repo.heartbeat.discard(self)
         if self.marker is not None:
             self.marker.release()
@@ -290,6 +324,7 @@ class Transaction:
         """Drop the staged changes; objects already written are left for gc."""
         self.ops.clear()
         self.release()
+        self.staged.clear()
 
     def publish(self) -> "PublishResult":
         """Commit this transaction alone; raises its error if it was refused."""
