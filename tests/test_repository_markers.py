@@ -118,3 +118,47 @@ def test_a_marker_past_half_the_timeout_is_never_revived(tmp_path):
         assert tx.marker.path.stat().st_mtime == pytest.approx(past, abs=0.01)
         with pytest.raises(TransactionAbandoned):
             tx.publish()
+
+
+def test_a_half_sent_put_stops_holding_back_gc_and_is_never_published(tmp_path):
+    """Over loopback: a raw PUT stops sending. After the idle timeout, gc reclaims an orphan
+    written after the PUT began; when the body resumes, the upload fails, nothing published."""
+    import asyncio
+
+    import httpx
+
+    from tests.live_server import live_server
+    from tests.uploadkit import OTHER, auth, leftovers, settings
+
+    with live_server(settings(tmp_path, body_idle_timeout_s=2)) as srv:
+        repo = srv.repositories[OTHER]  # stores content as is: the orphan's name is its SHA-1
+        before = repo.manifest_bytes()
+
+        async def stalled_put() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=srv.url, headers=auth(), timeout=60) as c:
+                resumed = asyncio.Event()
+
+                async def body():  # type: ignore[no-untyped-def]
+                    yield b"a" * 100_000
+                    await resumed.wait()
+                    yield b"b" * 100_000
+
+                put = asyncio.create_task(c.put(f"/repos/{OTHER}/stalled", content=body(),
+                                                headers={"Content-Length": "200000"}))
+                await asyncio.sleep(0.5)  # staging began
+                orphan = orphan_of_an_aborted_upload(repo, b"aborted during the stall")
+                await asyncio.sleep(0.2)
+                held = await asyncio.to_thread(collect, repo, slack_s=0)
+                assert orphan in object_files(repo), "at first the stalled PUT still counts"
+                assert held.objects_deleted == 0
+                await asyncio.sleep(3.5)  # past the idle timeout
+                await asyncio.to_thread(collect, repo, slack_s=0)
+                assert orphan not in object_files(repo), "the stalled PUT no longer counts"
+                resumed.set()
+                return await put
+
+        answer = asyncio.run(stalled_put())
+        assert answer.status_code == 400, answer.text
+        assert "nothing was published" in answer.json()["detail"]
+        assert repo.manifest_bytes() == before and repo.artifacts() == []
+        assert leftovers(repo) == []

@@ -173,8 +173,11 @@ class Heartbeat:
 
     One daemon thread per repository, running while it has open transactions. It holds them
     weakly: a transaction dropped without ``abort``/``publish`` (a leaked, abandoned one) stops
-    being touched, goes idle and stops counting for gc. A stalled upload is aborted by the
-    upload API's body idle timeout (same setting), which releases its marker; a frozen or
+    being touched, goes idle and stops counting for gc. A transaction streaming a file
+    (``open_file``, the raw upload body) is not touched once no byte arrived for half the idle
+    timeout: a half-sent body stops holding gc back, and fails when (if ever) it resumes. An
+    archive being unpacked is touched while open (its stall is the upload API's body idle
+    timeout to catch, same setting, which aborts it and so releases the marker). A frozen or
     killed process stops touching, and its markers stop counting after the idle timeout (or at
     once, when the process is gone).
     """
@@ -209,7 +212,11 @@ class Heartbeat:
                 if not txs:
                     self._thread = None
                     return
+            now = time.monotonic()
             for tx in txs:
-                if not tx.closed and tx.marker is not None:  # type: ignore[attr-defined]
-                    tx.marker.touch(self.idle_timeout_s)  # type: ignore[attr-defined]
+                if tx.closed or tx.marker is None:  # type: ignore[attr-defined]
+                    continue
+                if tx.open_files and now - tx.last_activity > self.idle_timeout_s / 2:  # type: ignore[attr-defined]
+                    continue  # a body that stopped sending: let the marker go idle
+                tx.marker.touch(self.idle_timeout_s)  # type: ignore[attr-defined]
             del txs

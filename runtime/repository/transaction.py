@@ -25,6 +25,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -60,6 +61,14 @@ class StagedFile:
         self._tx, self._parts, self._mode, self._mtime = tx, parts, mode, mtime
         self._writer: FileWriter = tx.repo.ingester.open()
         self.bytes_written = 0
+        tx.open_files += 1
+        tx.last_activity = time.monotonic()
+        self._open = True
+
+    def _done(self) -> None:
+        if self._open:
+            self._open = False
+            self._tx.open_files -= 1
 
     def write(self, data: bytes) -> None:
         self._tx._progress(len(data))
@@ -73,15 +82,18 @@ class StagedFile:
 
     def close(self) -> FileContent:
         content = self._writer.close()
+        self._done()
         self._tx._record_file(self._parts, content, self._mode, self._mtime)
         return content
 
     async def aclose(self) -> FileContent:
         content = await self._writer.aclose()
+        self._done()
         self._tx._record_file(self._parts, content, self._mode, self._mtime)
         return content
 
     def abort(self) -> None:
+        self._done()
         self._writer.abort()
 
 
@@ -106,6 +118,10 @@ class Transaction:
         self.closed = False
         self._unchecked_bytes = 0
         self._space_checked = False
+        #: files being streamed in (``open_file``) and when bytes last arrived: a body that
+        #: stops sending for the idle timeout stops counting for gc (``markers.Heartbeat``)
+        self.open_files = 0
+        self.last_activity = time.monotonic()
         #: None when the disk had no room for it: then the transaction may remove artifacts and
         #: change expiries (which stage no objects), and refuses content with StorageFull
         self.marker: Marker | None = None
@@ -134,8 +150,16 @@ class Transaction:
         self._space_checked = True
 
     def _progress(self, nbytes: int) -> None:
-        """Count staged bytes: refuse once the free-space reserve would be eaten into."""
+        """Count staged bytes: refuse once the free-space reserve would be eaten into.
+
+        Bytes arriving after a long pause first check that gc has not given up on the
+        transaction meanwhile (then the upload fails at once, instead of at its commit).
+        """
         self._staging_content()
+        now = time.monotonic()
+        if now - self.last_activity > self.repo.body_idle_timeout_s / 2:
+            self.check_alive()
+        self.last_activity = now
         self._unchecked_bytes += nbytes
         if self._unchecked_bytes >= CHECK_EVERY_BYTES:
             self._unchecked_bytes = 0
