@@ -63,8 +63,15 @@ def fixed_clock_repo(tmp: Path) -> Repository:
     return repo
 
 
+@pytest.fixture
+def spill_early(monkeypatch):  # type: ignore[no-untyped-def]
+    """Spill after 1,000 entries, so that a test artifact of 5,000 is mostly on disk."""
+    monkeypatch.setattr(staged_mod, "SPILL_ENTRIES", 1000)
+
+
 def test_a_spilled_artifact_publishes_exactly_the_rows_of_the_in_memory_path(tmp_path,
-                                                                             monkeypatch):
+                                                                             monkeypatch,
+                                                                             spill_early):
     spill_at = staged_mod.SPILL_ENTRIES
     spilled = fixed_clock_repo(tmp_path / "spilled")
     stage_big(spilled)
@@ -82,7 +89,7 @@ def test_a_spilled_artifact_publishes_exactly_the_rows_of_the_in_memory_path(tmp
         in_memory.close()
 
 
-def test_a_spilled_artifact_reads_back_through_a_client(tmp_path):
+def test_a_spilled_artifact_reads_back_through_a_client(tmp_path, spill_early):
     with served_repository(tmp_path, chunk_size=65536) as s:
         stage_big(s.repo)
         with s.reader() as reader:
@@ -98,7 +105,7 @@ def test_a_spilled_artifact_reads_back_through_a_client(tmp_path):
         assert list(s.repo.spill_dir.iterdir()) == [], "the spill file went with the commit"
 
 
-def test_an_identical_large_reupload_only_moves_the_expiry(tmp_path):
+def test_an_identical_large_reupload_only_moves_the_expiry(tmp_path, spill_early):
     repo = fixed_clock_repo(tmp_path)
     try:
         stage_big(repo)
@@ -125,7 +132,7 @@ def test_an_identical_large_reupload_only_moves_the_expiry(tmp_path):
         repo.close()
 
 
-def test_an_aborted_large_upload_leaves_no_spill_file(tmp_path):
+def test_an_aborted_large_upload_leaves_no_spill_file(tmp_path, spill_early):
     repo = fixed_clock_repo(tmp_path)
     try:
         tx = repo.begin()

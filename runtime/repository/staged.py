@@ -27,8 +27,9 @@ from ..cvmfs.catalog import Entry
 from ..cvmfs.chunking import Chunk
 from .errors import ArtifactNotFound, InvalidPath
 
-#: Entries an artifact keeps in memory before it moves them to its spill file.
-SPILL_ENTRIES = 4096
+#: Entries an artifact keeps in memory before it moves them to its spill file (about 16 MiB:
+#: a 10,000-file tarball never touches the spill file, a million-entry one costs a file).
+SPILL_ENTRIES = 32768
 _CHUNK = struct.Struct("<QQ20s")
 
 _SCHEMA = (
