@@ -162,3 +162,15 @@ def test_a_half_sent_put_stops_holding_back_gc_and_is_never_published(tmp_path):
         assert "nothing was published" in answer.json()["detail"]
         assert repo.manifest_bytes() == before and repo.artifacts() == []
         assert leftovers(repo) == []
+
+
+def test_an_empty_marker_left_by_an_old_full_disk_is_removed_once_idle(tmp_path):
+    with served_repository(tmp_path) as s:
+        repo = reopen(s.repo, idle_s=1)
+        repo.staging_dir.mkdir(parents=True, exist_ok=True)
+        empty = repo.staging_dir / "0123456789abcdef"
+        empty.write_bytes(b"")
+        assert repo.inflight_since() is None and empty.exists(), "young: left alone"
+        past = time.time() - 5
+        os.utime(empty, (past, past))
+        assert repo.inflight_since() is None and not empty.exists()
