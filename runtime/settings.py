@@ -218,6 +218,19 @@ class Settings(BaseSettings):
     unpack_workers: int = Field(16, ge=1)
     unpack_workers_per_tenant: int = Field(4, ge=1)
 
+    # -- repository: staging, commits, full disk (runtime/repository/) --------------------
+    #: Free space kept in reserve on the data directory's filesystem: uploads are refused with
+    #: 507 below it, so deletes, expiry, gc and state.db always have room (0 disables it).
+    min_free_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    #: A body that sends no byte for this long is abandoned (upload API), and a staging marker
+    #: untouched for this long no longer holds back gc's cut-off.
+    body_idle_timeout_s: int = Field(60, ge=1)
+
+    def repository_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Repository(...)`` taken from these settings."""
+        return {"min_free_bytes": self.min_free_bytes,
+                "body_idle_timeout_s": self.body_idle_timeout_s}
+
     @field_validator("repositories", mode="before")
     @classmethod
     def _repos(cls, v: Any) -> list[RepositoryConfig]:

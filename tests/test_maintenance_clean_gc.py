@@ -184,7 +184,10 @@ def test_objects_of_an_upload_in_flight_are_kept(tmp_path):
         tx.add_file("slow/part", b"staged an hour ago")
         staged = object_path(hashlib.sha1(b"staged an hour ago").hexdigest())
         hour_ago = time.time() - 3600
-        os.utime(repo.private_dir / "staging" / tx.id, (hour_ago, hour_ago))
+        # the marker records when the transaction began; its heartbeat keeps it fresh
+        marker = repo.private_dir / "staging" / tx.id
+        pid, process_start, _began = marker.read_text().split()
+        marker.write_text(f"{pid} {process_start} {hour_ago!r}\n")
         os.utime(repo.public_dir / staged, (hour_ago + 1, hour_ago + 1))
 
         kept = collect(repo, slack_s=0)

@@ -151,6 +151,54 @@ class BuiltCatalog:
     counters: Counters
 
 
+def catalog_row(e: Entry, count: dict[str, int], subdir_linkcount: int,
+                extra_flags: int = 0) -> tuple:
+    """The ``catalog`` row of ``e``, counting it in ``count`` (its catalog's ``self`` counters).
+
+    ``subdir_linkcount`` (2 + subdirectories) is a directory's link count unless the entry sets
+    its own. One pass with the entry kind taken once: this runs for every file of an upload.
+    """
+    path = e.path
+    md5_1, md5_2 = md5_pair(path)
+    parent = md5_pair(path[: path.rfind("/")]) if path else (0, 0)
+    kind = stat.S_IFMT(e.mode)
+    if kind == stat.S_IFDIR:
+        flags, count["dir"] = FLAG_DIR, count["dir"] + 1
+        linkcount = e.linkcount if e.linkcount is not None else subdir_linkcount
+        size, digest, symlink = e.size or DIR_SIZE, None, ""
+    elif kind == stat.S_IFREG:
+        flags, count["regular"] = FLAG_FILE, count["regular"] + 1
+        count["file_size"] += e.size
+        linkcount, size, symlink = 1, e.size, ""
+        if e.chunks:
+            flags |= FLAG_CHUNKED
+            count["chunked"] += 1
+            count["chunked_size"] += e.size
+            count["chunks"] += len(e.chunks)
+            digest = None
+        elif e.digest is None:
+            raise ValueError(f"regular file {path!r} has neither a hash nor chunks")
+        else:
+            digest = e.digest
+        # algorithm bits 8-10 stay 0 for SHA-1; compression bits 11-13: 1 = none
+        if not e.compressed:
+            flags |= FLAG_COMPRESSION_NONE
+    elif kind == stat.S_IFLNK:
+        flags, count["symlink"] = FLAG_FILE | FLAG_LINK, count["symlink"] + 1
+        linkcount, digest, symlink = 1, None, e.symlink
+        size = len(symlink.encode("utf-8"))
+    else:
+        flags, count["special"] = FLAG_FILE | FLAG_SPECIAL, count["special"] + 1
+        linkcount, size, digest, symlink = 1, e.size, None, ""
+    if e.hidden:
+        flags |= FLAG_HIDDEN
+    if e.xattr is not None:
+        count["xattr"] += 1
+    flags |= extra_flags
+    return (md5_1, md5_2, parent[0], parent[1], linkcount, digest, size, e.mode, e.mtime, None,
+            flags, path[path.rfind("/") + 1:], symlink, e.uid, e.gid, e.xattr)
+
+
 def build_catalog(
     entries: Iterable[Entry],
     *,
@@ -187,54 +235,15 @@ def build_catalog(
 
     counters = Counters()
     rows, chunk_rows = [], []
-    # one pass, with the entry kind taken once: this loop runs for every file of an upload
     count = counters.self
     for e in entries:
         path = e.path
-        md5_1, md5_2 = md5_pair(path)
-        parent = md5_pair(path[: path.rfind("/")]) if path else (0, 0)
-        kind = stat.S_IFMT(e.mode)
-        if kind == stat.S_IFDIR:
-            flags, count["dir"] = FLAG_DIR, count["dir"] + 1
-            linkcount = e.linkcount if e.linkcount is not None else 2 + subdirs.get(path, 0)
-            size, digest, symlink = e.size or DIR_SIZE, None, ""
-        elif kind == stat.S_IFREG:
-            flags, count["regular"] = FLAG_FILE, count["regular"] + 1
-            count["file_size"] += e.size
-            linkcount, size, symlink = 1, e.size, ""
-            if e.chunks:
-                flags |= FLAG_CHUNKED
-                count["chunked"] += 1
-                count["chunked_size"] += e.size
-                count["chunks"] += len(e.chunks)
-                digest = None
-            elif e.digest is None:
-                raise ValueError(f"regular file {path!r} has neither a hash nor chunks")
-            else:
-                digest = e.digest
-            # algorithm bits 8-10 stay 0 for SHA-1; compression bits 11-13: 1 = none
-            if not e.compressed:
-                flags |= FLAG_COMPRESSION_NONE
-        elif kind == stat.S_IFLNK:
-            flags, count["symlink"] = FLAG_FILE | FLAG_LINK, count["symlink"] + 1
-            linkcount, digest, symlink = 1, None, e.symlink
-            size = len(symlink.encode("utf-8"))
-        else:
-            flags, count["special"] = FLAG_FILE | FLAG_SPECIAL, count["special"] + 1
-            linkcount, size, digest, symlink = 1, e.size, None, ""
-        if e.hidden:
-            flags |= FLAG_HIDDEN
-        if e.xattr is not None:
-            count["xattr"] += 1
-        if path in nested_paths:
-            flags |= FLAG_NESTED_MOUNTPOINT
-        if path == root_path and root_path != "":
-            flags |= FLAG_NESTED_ROOT
-        rows.append((md5_1, md5_2, parent[0], parent[1], linkcount, digest, size, e.mode,
-                     e.mtime, None, flags, path[path.rfind("/") + 1:], symlink, e.uid, e.gid,
-                     e.xattr))
+        extra = (FLAG_NESTED_MOUNTPOINT if path in nested_paths else 0) | (
+            FLAG_NESTED_ROOT if path == root_path and root_path != "" else 0)
+        row = catalog_row(e, count, 2 + subdirs.get(path, 0), extra)
+        rows.append(row)
         for c in e.chunks:
-            chunk_rows.append((md5_1, md5_2, c.offset, c.size, c.digest))
+            chunk_rows.append((row[0], row[1], c.offset, c.size, c.digest))
     counters.self["nested"] = len(nested)
     for n in nested:
         for k, v in n.counters.totals().items():
@@ -257,6 +266,61 @@ def build_catalog(
     finally:
         conn.close()
     return BuiltCatalog(bytes(data), counters)
+
+
+def write_nested_catalog(path: str, entries: Iterable[tuple[Entry, int]], *, root_path: str,
+                         properties: Mapping[str, str | int], batch: int = 4096) -> Counters:
+    """Write a nested catalog (no nested catalogs below it) straight into the file ``path``.
+
+    The rows :func:`build_catalog` would produce for the same entries, in the same order, but
+    streamed: ``entries`` yields ``(entry, subdirectories)`` in path order (the root entry
+    first, every parent before its children), and at most ``batch`` rows are held in memory,
+    so an artifact of a million entries costs a file, not a heap. The file is a plain
+    rollback-mode database, like the serialized ones (no journal or WAL is ever left).
+    """
+    counters = Counters()
+    count = counters.self
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("BEGIN")
+        for sql in SCHEMA_SQL:
+            conn.execute(sql)
+        rows: list[tuple] = []
+        chunk_rows: list[tuple] = []
+        seen_root = False
+        for e, subdirs in entries:
+            if e.path == root_path:
+                if not e.is_dir:
+                    raise ValueError(f"catalog root entry {root_path!r} is not a directory")
+                seen_root = True
+                row = catalog_row(e, count, 2 + subdirs, FLAG_NESTED_ROOT)
+            elif not seen_root:
+                raise ValueError(f"catalog root entry {root_path!r} missing or not first")
+            else:
+                row = catalog_row(e, count, 2 + subdirs)
+            rows.append(row)
+            for c in e.chunks:
+                chunk_rows.append((row[0], row[1], c.offset, c.size, c.digest))
+            if len(rows) >= batch:
+                conn.executemany("INSERT INTO catalog VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                 rows)
+                conn.executemany("INSERT INTO chunks VALUES (?,?,?,?,?)", chunk_rows)
+                rows.clear()
+                chunk_rows.clear()
+        if not seen_root:
+            raise ValueError(f"catalog root entry {root_path!r} missing or not a directory")
+        conn.executemany("INSERT INTO catalog VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        conn.executemany("INSERT INTO chunks VALUES (?,?,?,?,?)", chunk_rows)
+        props = {"schema": SCHEMA_VERSION, "schema_revision": SCHEMA_REVISION, **properties}
+        conn.executemany("INSERT INTO properties VALUES (?,?)",
+                         [(k, str(v)) for k, v in props.items()])
+        conn.executemany("INSERT INTO statistics VALUES (?,?)", counters.rows())
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return counters
 
 
 @dataclass

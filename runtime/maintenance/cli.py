@@ -47,7 +47,8 @@ def local_repositories(settings: "Settings", fqrn: str | None) -> list:
         if public.is_dir():
             names += sorted(p.name for p in public.iterdir()
                             if (p / ".cvmfspublished").is_file() and p.name not in names)
-    repos = [Repository(settings.data_dir, settings.keys_dir, settings.repository(n))
+    repos = [Repository(settings.data_dir, settings.keys_dir, settings.repository(n),
+                        **settings.repository_options())
              for n in names]
     for repo in repos:
         if not repo.exists():

@@ -32,7 +32,11 @@ Sweep, without the writer lock
        if it already existed, had its mtime refreshed by ``ObjectStore.put``) after that
        transaction's start, so its mtime is at or after the cutoff. The transaction's marker
        disappears only after its commit is recorded, and gc reads the markers *before* the
-       revision table: a transaction that finished in between is covered by (1).
+       revision table: a transaction that finished in between is covered by (1). A marker
+       stops counting when its process is dead or it was not touched for the body idle
+       timeout (``runtime/repository/markers.py``); such a transaction can never be recorded,
+       since a commit must find its marker younger than half that timeout right before the
+       commit point.
     3. Catalogs and the certificate written by a commit that is recorded after the mark are
        written after the start of the transactions it commits (2). Everything else a new
        revision references it inherits from the revision current at the mark, which is marked.
@@ -277,6 +281,7 @@ def collect(repo: Repository, *, grace_s: float | None = None, now: float | None
             cache.forget([r["root_hash"] for r in dropped]
                          + [h for h, suffix in candidates if suffix == CATALOG])
         result.temp_files_removed = _remove_stale_temps(repo, cutoff_ns)
+    repo.space.ensure_reserve()  # after a full disk: the space reserve file comes back
     result.seconds = round(time.perf_counter() - started, 6)
     log.info("gc %s: %d objects (%d bytes) freed, %d revisions retained, %d pruned, %.2f s",
              repo.fqrn, result.objects_deleted, result.bytes_freed, result.retained_revisions,

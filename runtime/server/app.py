@@ -56,7 +56,8 @@ def open_repositories(settings: Settings) -> dict[str, Repository]:
     """Open every configured repository, creating those that don't exist yet."""
     repos = {}
     for config in settings.repositories:
-        repo = Repository(settings.data_dir, settings.keys_dir, config)
+        repo = Repository(settings.data_dir, settings.keys_dir, config,
+                          **settings.repository_options())
         repo.init()
         repos[config.fqrn] = repo
     return repos

@@ -8,24 +8,37 @@ While a commit runs, further transactions queue up; the next commit takes all of
 revisions instead of N, and the fsync/sign cost is shared. Each caller awaits its own outcome:
 its transaction's error (name taken, not found …) or the :class:`PublishResult`.
 
+One transaction never fails another. A transaction the commit refuses (name taken, path
+missing …) is left out by the commit itself (``PublishResult.errors``). If a commit fails as a
+whole (an error while building catalogs that staging did not catch), the batch is split in
+halves and each half committed again on its own, down to the single transaction at fault,
+which alone gets the error: a poisoned upload costs its neighbours a few more revisions, never
+their upload. A full disk or a busy writer is nobody's fault: then every waiter gets that error
+at once (507 / 503).
+
 A caller that goes away (client disconnect) after handing its transaction over does not
 cancel the commit: once queued, a transaction is published or refused as a whole. If the
-process dies during a commit, the repository's own crash rules apply (``repository.py``):
+process dies during a commit, the repository's own crash rules apply (``repository/commit.py``):
 the revision is either fully published or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from typing import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ..repository import PublishResult, Repository, Transaction
+from ..repository import PublishResult, Repository, RepositoryLocked, StorageFull, Transaction
 
 log = logging.getLogger(__name__)
 
 BATCH_HISTORY = 1024
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class GroupCommitter:
@@ -75,29 +88,46 @@ class GroupCommitter:
             self.batches.append(len(batch))
             if len(self.batches) > 2 * BATCH_HISTORY:
                 del self.batches[:BATCH_HISTORY]  # a long-running server keeps a bounded list
-            txs = [tx for tx, _ in batch]
             self._busy = True
             try:
-                result = await loop.run_in_executor(self._executor, self.repo.publish, *txs)
-            except Exception as exc:  # noqa: BLE001 - every waiter gets the failure
-                log.exception("commit of %d transaction(s) in %s failed", len(txs),
-                              self.repo.fqrn)
-                for _tx, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                self._observe(len(batch), None)
-                continue
+                await self._commit_batch(loop, batch)
             finally:
                 self._busy = False
-            self._observe(len(batch), result)
+
+    async def _commit_batch(self, loop: asyncio.AbstractEventLoop,
+                            batch: list[tuple[Transaction, asyncio.Future]]) -> None:
+        """Commit ``batch``; if it fails as a whole, commit each half again (module docstring)."""
+        txs = [tx for tx, _ in batch]
+        try:
+            result = await loop.run_in_executor(
+                self._executor, lambda: self.repo.publish(*txs, release_on_error=False))
+        except Exception as exc:  # noqa: BLE001 - isolated below, or every waiter gets it
+            if len(batch) > 1 and not isinstance(exc, (StorageFull, RepositoryLocked)) \
+                    and not _disk_full(exc):
+                log.warning("commit of %d transactions in %s failed (%s); retrying in halves",
+                            len(batch), self.repo.fqrn, exc)
+                half = len(batch) // 2
+                await self._commit_batch(loop, batch[:half])
+                await self._commit_batch(loop, batch[half:])
+                return
+            if len(batch) == 1 and not isinstance(exc, (StorageFull, RepositoryLocked)):
+                log.exception("transaction %s in %s failed at commit", txs[0].id,
+                              self.repo.fqrn)
             for tx, fut in batch:
-                if fut.done():
-                    continue
-                err = result.error_for(tx)
-                if err is not None:
-                    fut.set_exception(err)
-                else:
-                    fut.set_result(result)
+                tx.release()
+                if not fut.done():
+                    fut.set_exception(exc)
+            self._observe(len(batch), None)
+            return
+        self._observe(len(batch), result)
+        for tx, fut in batch:
+            if fut.done():
+                continue
+            err = result.error_for(tx)
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(result)
 
     def _observe(self, batch: int, result: PublishResult | None) -> None:
         if self.on_commit is not None:
