@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ArchiveError, ArtifactTooLarge
+from ..repository.names import validate_mtime
 
 MiB = 1024 * 1024
 
@@ -83,16 +84,8 @@ def check_link_target(name: str, target: str, limits: IngestLimits) -> str:
     return target
 
 
-#: Range a catalog's signed 64-bit mtime column holds.
-MTIME_MIN, MTIME_MAX = -(2 ** 63), 2 ** 63 - 1
-
-
 def check_mtime(name: str, mtime: float) -> int:
-    """A member's mtime as an integer the catalog can hold; NaN/inf/out of range refused."""
-    try:
-        value = int(mtime)
-    except (ValueError, OverflowError, TypeError):
-        raise ArchiveError(f"archive member {name[:200]!r} has an invalid mtime") from None
-    if not MTIME_MIN <= value <= MTIME_MAX:
-        raise ArchiveError(f"archive member {name[:200]!r} has an mtime out of range")
-    return value
+    """A member's mtime as an integer the catalog can hold: the repository's own rule
+    (:func:`runtime.repository.names.validate_mtime`: NaN, inf and values outside the signed
+    64-bit column refused), applied while parsing, before the member is flattened or staged."""
+    return validate_mtime(mtime, name[:200])
