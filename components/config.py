@@ -195,6 +195,14 @@ class StorageSpec(_Model):
     kind: Literal["persistent", "ephemeral"] = "persistent"
     size: str = "10Gi"
     storage_class: Optional[str] = None
+    #: Kubernetes: ``ReadWriteOnce`` (stratum-0 pods run on the writer's node, by pod affinity)
+    #: or ``ReadWriteMany`` (stratum-0 pods spread over nodes).
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteOnce"
+    #: A persistent data store is protected and retained on delete: a change of one of its
+    #: identity inputs (name, namespace, kind, storage class, access mode; Docker: driver
+    #: options) would replace it, which fails ``pulumi preview``. ``true`` allows that replace,
+    #: and with it the loss of the data. Set it for one ``pulumi up``, then remove it.
+    allow_replace: bool = False
 
     @field_validator("size")
     @classmethod
@@ -240,6 +248,14 @@ class ImportedKeySpec(_Model):
         return value
 
 
+class KeysSpec(_Model):
+    """How the generated repository keys are held in the stack."""
+
+    #: ``protect`` the generated keys (and so the repository identity clients trust): deleting or
+    #: replacing them, ``pulumi destroy`` included, then needs ``pulumi state unprotect``.
+    protect: bool = True
+
+
 class LimitsSpec(_Model):
     """Upload limits enforced by the upload service."""
 
@@ -274,6 +290,9 @@ class DockerSpec(_Model):
     #: Host address the published ports bind to; ``0.0.0.0`` to serve other machines.
     bind_address: str = "127.0.0.1"
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+    #: json-file log rotation of every container: size of one file, files kept.
+    log_max_size: str = Field("10m", pattern=r"^[0-9]+[kmg]$")
+    log_max_files: int = Field(3, ge=1, le=100)
 
 
 class IngressSpec(_Model):
@@ -344,6 +363,7 @@ class StackConfig(_Model):
     tokens: list[TokenSpec] = Field(default_factory=list)
     maintenance_token: Optional[str] = Field(None, min_length=16)
     imported_keys: dict[str, ImportedKeySpec] = Field(default_factory=dict)
+    keys: KeysSpec = KeysSpec()
     limits: LimitsSpec = LimitsSpec()
     signing: SigningSpec = SigningSpec()
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -18,7 +18,7 @@ from .client_config import client_config
 from .config import StackConfig
 from .gateway import Gateway, GatewayArgs
 from .image import RuntimeImage, RuntimeImageArgs
-from .keys import RepositoryKeys, RepositoryKeysArgs
+from .keys import RepositoryKeys, RepositoryKeysArgs, logical_name
 from .maintenance import MaintenanceJobs, MaintenanceJobsArgs
 from .stratum0 import Stratum0, Stratum0Args
 from .targets import Target, make_target
@@ -60,9 +60,18 @@ class Deployment(pulumi.ComponentResource):
 
         keys = {
             repo.fqrn: RepositoryKeys(
-                f"{name}-{repo.fqrn}",
-                RepositoryKeysArgs(fqrn=repo.fqrn, imported=config.imported_keys.get(repo.fqrn)),
-                opts=child,
+                logical_name(repo.fqrn),
+                RepositoryKeysArgs(
+                    fqrn=repo.fqrn,
+                    imported=config.imported_keys.get(repo.fqrn),
+                    protect=config.keys.protect,
+                    legacy_prefix=name,
+                ),
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    # The component's own old name (``<name>-<fqrn>``), so its URN carries over.
+                    aliases=[pulumi.Alias(name=f"{name}-{repo.fqrn}")],
+                ),
             )
             for repo in config.repositories
         }
@@ -95,16 +104,18 @@ class Deployment(pulumi.ComponentResource):
         )
 
         target.prepare(self)
+        # Every workload runs the immutable reference; `image.ref` may be a tag.
+        runtime_image = target.deployable_image(image.ref, self)
         stratum0 = Stratum0(
             f"{name}-stratum0",
-            Stratum0Args(target=target, image=image.ref, resources=config.resources.stratum0),
+            Stratum0Args(target=target, image=runtime_image, resources=config.resources.stratum0),
             opts=child,
         )
         gateway = Gateway(
             f"{name}-gateway",
             GatewayArgs(
                 target=target,
-                image=image.ref,
+                image=runtime_image,
                 resources=config.resources.gateway,
                 repositories_json=repositories_json,
                 stratum0_url=f"{stratum0.internal_url}/cvmfs",
@@ -119,7 +130,7 @@ class Deployment(pulumi.ComponentResource):
             UploadServiceArgs(
                 target=target,
                 config=config,
-                image=image.ref,
+                image=runtime_image,
                 repositories_json=repositories_json,
                 gateway_api_url=f"{gateway.internal_url}/api/v1",
                 public_url=stratum0_public,
@@ -132,7 +143,7 @@ class Deployment(pulumi.ComponentResource):
             f"{name}-maintenance",
             MaintenanceJobsArgs(
                 target=target,
-                image=image.ref,
+                image=runtime_image,
                 upload_url=upload.internal_url,
                 schedules=config.schedules,
                 token=admin_token,
@@ -151,7 +162,7 @@ class Deployment(pulumi.ComponentResource):
             )
         if config.verify.enabled and check_url is not None:
             ready = list(target.ready())
-            triggers: list[pulumi.Input[object]] = [image.ref]
+            triggers: list[pulumi.Input[object]] = [runtime_image]
             triggers.extend(r.id for r in ready if isinstance(r, pulumi.CustomResource))
             for fqrn, repo_keys in keys.items():
                 PostDeployCheck(
@@ -170,7 +181,7 @@ class Deployment(pulumi.ComponentResource):
         gateway_api = gateway.api_url
         self.outputs = {
             "target": config.target,
-            "image": image.ref,
+            "image": runtime_image,
             "endpoints": {
                 "stratum0": stratum0.url,
                 "notifications": gateway_api,
@@ -190,6 +201,18 @@ class Deployment(pulumi.ComponentResource):
                 for fqrn in keys
             },
             "publicKeys": {fqrn: k.public_key_pem for fqrn, k in keys.items()},
+            # The private keys, for escrow only (components/escrow.py): a secret output in the
+            # shape of `importedKeys`, so a backup restores into a new stack as is.
+            "keyEscrow": pulumi.Output.secret(
+                {
+                    fqrn: {
+                        "masterKey": k.master_key_pem,
+                        "repositoryKey": k.repository_key_pem,
+                        "certificate": k.certificate_pem,
+                    }
+                    for fqrn, k in keys.items()
+                }
+            ),
             "uploadTokens": pulumi.Output.secret(
                 pulumi.Output.all(*(t for t, _ in upload_tokens))
             ),

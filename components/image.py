@@ -3,7 +3,14 @@
 Why a content-hash tag: ``pulumi preview`` must show a code change as a new image (and so as
 replaced containers or a rolled Deployment), and must show nothing when nothing changed. A tag
 derived from the bytes of the build context does both without timestamps or a registry lookup.
-The hashed file set is the one ``.dockerignore`` lets into the build context.
+The hashed file set is the one ``.dockerignore`` lets into the build context; the Dockerfile's
+path and every build argument (``BASE_IMAGE`` included) are hashed with it, so a new base image
+is a new tag too (pin ``image.baseImage`` by digest to follow a base image rebuilt under the same
+tag).
+
+Why ``ref`` is a digest where one exists: a tag can be overwritten, and nodes with
+``IfNotPresent`` keep whatever they pulled first. A pushed image is deployed by its
+``repo_digest``; a local one is pinned by the Docker target to its image id.
 """
 
 from __future__ import annotations
@@ -51,9 +58,29 @@ def context_hash(root: Path = REPO_ROOT) -> str:
     return digest.hexdigest()
 
 
-def image_tag(root: Path = REPO_ROOT) -> str:
-    """The tag of the image built from ``root``: a prefix of the context hash."""
-    return context_hash(root)[:20]
+DOCKERFILE = "Dockerfile"
+
+
+def build_args(spec: ImageSpec) -> dict[str, str]:
+    """The build arguments of the runtime image."""
+    return {"BASE_IMAGE": spec.base_image}
+
+
+def image_tag(
+    root: Path = REPO_ROOT, args: Optional[dict[str, str]] = None, dockerfile: str = DOCKERFILE
+) -> str:
+    """The tag of the image built from ``root``: a hash of every build input.
+
+    Inputs: the context's files, the Dockerfile's path, the build arguments (default: those of
+    the default ``ImageSpec``, whose base image is the local ``cvmfs-ephemeral-base:bookworm``).
+    """
+    if args is None:
+        args = build_args(ImageSpec())
+    digest = hashlib.sha256(context_hash(root).encode())
+    digest.update(f"\0dockerfile={dockerfile}".encode())
+    for key in sorted(args):
+        digest.update(f"\0arg:{key}={args[key]}".encode())
+    return digest.hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,9 @@ class RuntimeImageArgs:
 class RuntimeImage(pulumi.ComponentResource):
     """The runtime image reference: a docker.Image build, or the configured prebuilt image."""
 
+    #: The tagged reference (``repository:tag``).
+    name: pulumi.Output[str]
+    #: What workloads should run: the pushed image's ``repository@sha256:…`` digest, else ``name``.
     ref: pulumi.Output[str]
 
     def __init__(
@@ -76,21 +106,28 @@ class RuntimeImage(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         spec = args.spec
         if spec.name is not None:
-            self.ref = pulumi.Output.from_input(spec.name)
+            self.name = pulumi.Output.from_input(spec.name)
+            self.ref = self.name
         else:
             # A path relative to the working directory (the project directory under the Pulumi
             # CLI) keeps machine-specific absolute paths out of the resource inputs.
             context = os.path.relpath(args.context, Path.cwd())
+            dockerfile = os.path.normpath(os.path.join(context, DOCKERFILE))
+            arguments = build_args(spec)
             image = docker.Image(
                 name,
-                image_name=f"{spec.repository}:{image_tag(args.context)}",
+                image_name=f"{spec.repository}:{image_tag(args.context, arguments, dockerfile)}",
                 build=docker.DockerBuildArgs(
-                    context=context,
-                    dockerfile=os.path.normpath(os.path.join(context, "Dockerfile")),
-                    args={"BASE_IMAGE": spec.base_image},
+                    context=context, dockerfile=dockerfile, args=arguments
                 ),
                 skip_push=not spec.push,
                 opts=pulumi.ResourceOptions(parent=self),
             )
-            self.ref = image.image_name
-        self.register_outputs({"ref": self.ref})
+            self.name = image.image_name
+            if spec.push:
+                self.ref = pulumi.Output.all(image.repo_digest, image.image_name).apply(
+                    lambda values: values[0] or values[1]
+                )
+            else:
+                self.ref = image.image_name
+        self.register_outputs({"name": self.name, "ref": self.ref})

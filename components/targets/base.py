@@ -40,6 +40,10 @@ class Target(Protocol):
     def prepare(self, parent: pulumi.Resource) -> None:
         """Shared infrastructure: network or namespace, the repository data storage."""
 
+    def deployable_image(self, ref: pulumi.Output[str], parent: pulumi.Resource) -> pulumi.Output[str]:
+        """The immutable reference workloads run for the image ``ref`` (a digest or image id
+        where the platform has one), ordered after whatever makes the image available."""
+
     def stratum0(self, spec: ContainerSpec, parent: pulumi.Resource) -> Endpoint:
         """Run nginx serving the data volume read-only."""
 

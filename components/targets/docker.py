@@ -5,8 +5,11 @@ What it creates (``<name>`` is the stack's ``name``):
 - network ``<name>``; each container joins it under its role as alias (``stratum0``, ``upload``,
   ``gateway``), which is how the containers find each other;
 - volume ``<name>-data``: the repository data, read-write in ``upload`` and read-only in
-  ``stratum0`` (a local volume, or a tmpfs volume for ``storage.kind: ephemeral``);
-- per container with key or token files, a volume ``<name>-<role>-files`` mounted read-only on
+  ``stratum0`` (a local volume, or a tmpfs volume for ``storage.kind: ephemeral``). A persistent
+  one is protected and retained on delete unless ``storage.allowReplace``: its identity inputs
+  (name, driver, driver options, labels) all force a replace, which would drop the data;
+- per container with key or token files, a volume ``<name>-<role>-files-<digest>`` (the digest of
+  the file names: a removed repository's keys leave with the old volume) mounted read-only on
   ``/etc/cvmfs-ephemeral``. The files get there through a loader container
   ``<name>-<role>-files`` (created, never started, no network) that receives them as the
   provider's ``uploads``, owned by the runtime user, mode 0400 (0444 for public keys): the
@@ -14,12 +17,20 @@ What it creates (``<name>`` is the stack's ``name``):
   filesystem. Secrets never become environment variables, labels or image layers;
 - containers ``<name>-stratum0`` (nginx), ``<name>-gateway``, ``<name>-upload`` and
   ``<name>-maintenance`` (the runtime's scheduler): user 10001, read-only root filesystem, a tmpfs
-  on /tmp, all capabilities dropped, ``no-new-privileges``, a restart policy, a health check.
+  on /tmp, all capabilities dropped, ``no-new-privileges``, a restart policy, a health check,
+  rotated json-file logs, and a stop grace longer than the runtime's drain.
+
+Every resource with a fixed engine name (network, volumes, containers) is
+``delete_before_replace``: Docker refuses a second network or container of the same name, and
+``docker volume create`` silently returns the existing volume of that name, which Pulumi would
+then delete as "the old one".
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
+
+import hashlib
 
 import pulumi
 import pulumi_docker as docker
@@ -80,7 +91,7 @@ class DockerTarget:
         ]
 
     def prepare(self, parent: pulumi.Resource) -> None:
-        opts = pulumi.ResourceOptions(parent=parent)
+        opts = pulumi.ResourceOptions(parent=parent, delete_before_replace=True)
         self.network = docker.Network(
             self.name,
             name=self.name,
@@ -98,6 +109,9 @@ class DockerTarget:
                 "device": "tmpfs",
                 "o": f"size={size},uid={contract.UID},gid={contract.GID},mode=0750",
             }
+        # The data outlives the stack's resources: protected against a replace (which fails
+        # preview) and kept by `pulumi destroy`, unless the configuration allows its loss.
+        durable = storage.kind == "persistent" and not storage.allow_replace
         self.data_volume = docker.Volume(
             f"{self.name}-data",
             name=f"{self.name}-data",
@@ -107,8 +121,23 @@ class DockerTarget:
                 docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
                 docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.storage", value=storage.kind),
             ],
-            opts=opts,
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(protect=durable, retain_on_delete=durable)
+            ),
         )
+
+    def deployable_image(
+        self, ref: pulumi.Output[str], parent: pulumi.Resource
+    ) -> pulumi.Output[str]:
+        """The image id on the engine: a rebuilt tag (or a pulled digest) is a new id, so the
+        containers are replaced whenever what they would run changes."""
+        image = docker.RemoteImage(
+            f"{self.name}-runtime-image",
+            name=ref,
+            keep_locally=True,
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        return image.image_id
 
     # -- containers ---------------------------------------------------------------------------
     def _container(
@@ -195,7 +224,18 @@ class DockerTarget:
             wait=health_port is not None,
             wait_timeout=120 if health_port is not None else None,
             must_run=True,
-            opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on),
+            # SIGTERM, then the runtime drains for DRAIN_S: kill only after that (on replace,
+            # destroy, and any `docker stop`).
+            destroy_grace_seconds=contract.STOP_GRACE_S,
+            stop_timeout=contract.STOP_GRACE_S,
+            log_driver="json-file",
+            log_opts={
+                "max-size": self.config.docker.log_max_size,
+                "max-file": str(self.config.docker.log_max_files),
+            },
+            opts=pulumi.ResourceOptions(
+                parent=parent, depends_on=depends_on, delete_before_replace=True
+            ),
         )
         self.containers.append(container)
         return container
@@ -209,10 +249,14 @@ class DockerTarget:
         for a read-only root filesystem. So the files go through this loader (created, never
         started, no network) into ``<name>-<role>-files``, which the service mounts read-only.
         """
-        opts = pulumi.ResourceOptions(parent=parent)
+        opts = pulumi.ResourceOptions(parent=parent, delete_before_replace=True)
+        listing = sorted(f"{fs.directory}/{f}" for fs in files for f in fs.files)
+        digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()[:8]
         volume = docker.Volume(
             f"{self.name}-{role}-files",
-            name=f"{self.name}-{role}-files",
+            # A new file list (a repository removed) makes a new, empty volume, so files that are
+            # no longer declared (a removed repository's private keys) leave with the old one.
+            name=f"{self.name}-{role}-files-{digest}",
             driver="local",
             labels=[
                 docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),

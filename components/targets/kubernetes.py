@@ -162,6 +162,13 @@ class KubernetesTarget:
         return [*self._workloads, *self._services.values()]
 
     # -- shared infrastructure ----------------------------------------------------------------
+    def _durable(self) -> pulumi.ResourceOptions:
+        """Options of what holds the repository data: protected (a replace fails preview) and
+        retained by ``pulumi destroy``, unless ``storage.allowReplace``."""
+        storage = self.config.storage
+        durable = storage.kind == "persistent" and not storage.allow_replace
+        return pulumi.ResourceOptions(protect=durable, retain_on_delete=durable)
+
     def prepare(self, parent: pulumi.Resource) -> None:
         opts = pulumi.ResourceOptions(parent=parent)
         if self.config.kubernetes.create_namespace:
@@ -175,7 +182,8 @@ class KubernetesTarget:
                         "pod-security.kubernetes.io/enforce": "restricted",
                     },
                 ),
-                opts=opts,
+                # Deleting the namespace deletes the claim in it: it is as durable as the data.
+                opts=pulumi.ResourceOptions.merge(opts, self._durable()),
             )
             # Objects take the namespace from the resource, so they depend on it.
             self.namespace = self.namespace_resource.metadata.name
@@ -185,14 +193,20 @@ class KubernetesTarget:
                 f"{self.name}-data",
                 metadata=self._meta(f"{self.name}-data", "data"),
                 spec=core.PersistentVolumeClaimSpecArgs(
-                    access_modes=["ReadWriteOnce"],
+                    access_modes=[storage.access_mode],
                     resources=core.VolumeResourceRequirementsArgs(
                         requests={"storage": storage.size}
                     ),
                     storage_class_name=storage.storage_class,
                 ),
-                opts=opts,
+                opts=pulumi.ResourceOptions.merge(opts, self._durable()),
             )
+
+    def deployable_image(
+        self, ref: pulumi.Output[str], parent: pulumi.Resource
+    ) -> pulumi.Output[str]:
+        """The pushed digest (``RuntimeImage.ref``) as is: nodes resolve it themselves."""
+        return ref
 
     def _data_volume(self) -> core.VolumeArgs:
         if self.pvc is not None:

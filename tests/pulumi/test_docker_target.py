@@ -9,10 +9,15 @@ import pytest
 from components import contract
 from components.image import image_tag
 from conftest import ADMIN_TOKEN, FQRN, SCOPED_TOKEN, UPLOAD_TOKEN, docker_config
-from harness import run_program
+from harness import fake_digest, run_program
 
 CONTAINER = "docker:index/container:Container"
 VOLUME = "docker:index/volume:Volume"
+REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
+
+
+def files_volume(program, role: str) -> str:
+    return program.get(VOLUME, f"cvmfs-test-{role}-files").inputs["name"]
 
 
 def services(program):
@@ -79,8 +84,11 @@ def test_image_build_is_content_tagged(docker_program):
     assert image["build"]["dockerfile"] == "Dockerfile"
     assert image["build"]["args"] == {"BASE_IMAGE": "cvmfs-ephemeral-base:bookworm"}
     assert image["skipPush"] is True
+    # Containers run the image id the engine has for the built tag, not the (mutable) tag.
+    pinned = docker_program.get(REMOTE_IMAGE, "cvmfs-test-runtime-image").inputs
+    assert pinned["name"] == image["imageName"] and pinned["keepLocally"] is True
     for c in docker_program.of_type(CONTAINER):
-        assert c.inputs["image"] == image["imageName"]
+        assert c.inputs["image"] == fake_digest(image["imageName"])
 
 
 def test_common_hardening(docker_program):
@@ -108,10 +116,12 @@ def test_file_loaders(docker_program):
         assert i["networkMode"] == "none"
         assert i["user"] == "10001:10001"
         assert i["capabilities"] == {"drops": ["ALL"]}
-        assert i["volumes"] == [{"volumeName": f"cvmfs-test-{role}-files",
+        volume = files_volume(docker_program, role)
+        assert volume.startswith(f"cvmfs-test-{role}-files-")
+        assert i["volumes"] == [{"volumeName": volume,
                                  "containerPath": "/etc/cvmfs-ephemeral", "readOnly": False}]
         service = docker_program.get(CONTAINER, f"cvmfs-test-{role}")
-        assert {"volumeName": f"cvmfs-test-{role}-files", "containerPath": "/etc/cvmfs-ephemeral",
+        assert {"volumeName": volume, "containerPath": "/etc/cvmfs-ephemeral",
                 "readOnly": True} in service.inputs["volumes"]
         assert {"label": "io.cvmfs-ephemeral.files", "value": f"cvmfs-test-{role}-files-id"} in (
             service.inputs["labels"]
@@ -166,7 +176,8 @@ def test_upload_service(docker_program):
     ]
     assert c["volumes"] == [
         {"volumeName": "cvmfs-test-data", "containerPath": "/var/lib/cvmfs-ephemeral", "readOnly": False},
-        {"volumeName": "cvmfs-test-upload-files", "containerPath": "/etc/cvmfs-ephemeral", "readOnly": True},
+        {"volumeName": files_volume(docker_program, "upload"), "containerPath": "/etc/cvmfs-ephemeral",
+         "readOnly": True},
     ]
     loader = loader_of(docker_program, "upload")
     uploads = uploads_of(loader)
@@ -209,7 +220,7 @@ def test_gateway(docker_program):
         for suffix in (".pub", ".crt")
     }
     assert all(u["permissions"] == "0444" for u in uploads.values())
-    assert [v["volumeName"] for v in c["volumes"]] == ["cvmfs-test-gateway-files"]
+    assert [v["volumeName"] for v in c["volumes"]] == [files_volume(docker_program, "gateway")]
 
 
 def test_maintenance_scheduler(docker_program):
@@ -266,7 +277,7 @@ def test_post_deploy_check(docker_program):
     containers = {r.name for r in services(p)}
     assert {d.split("::")[-1] for d in check.depends_on} >= containers
     image = p.get("docker:index/image:Image", "cvmfs-test-image").inputs["imageName"]
-    assert check.inputs["triggers"] == [image] + [f"{n}-id" for n in (
+    assert check.inputs["triggers"] == [fake_digest(image)] + [f"{n}-id" for n in (
         "cvmfs-test-stratum0", "cvmfs-test-gateway", "cvmfs-test-upload", "cvmfs-test-maintenance")]
 
 
@@ -306,8 +317,11 @@ def test_public_urls_and_bind_address():
 def test_prebuilt_image_builds_nothing():
     p = run_program(docker_config(image={"name": "registry.example.org/cvmfs-ephemeral:1.0"}))
     assert not p.of_type("docker:index/image:Image")
-    for c in p.of_type(CONTAINER):  # the loaders too
-        assert c.inputs["image"] == "registry.example.org/cvmfs-ephemeral:1.0"
+    assert p.get(REMOTE_IMAGE, "cvmfs-test-runtime-image").inputs["name"] == (
+        "registry.example.org/cvmfs-ephemeral:1.0"
+    )
+    for c in p.of_type(CONTAINER):  # the loaders too: pinned to what the engine pulled
+        assert c.inputs["image"] == fake_digest("registry.example.org/cvmfs-ephemeral:1.0")
 
 
 def test_generated_tokens_when_none_configured():

@@ -8,7 +8,7 @@ import pytest
 
 from components.image import image_tag
 from conftest import ADMIN_TOKEN, FQRN, SCOPED_TOKEN, UPLOAD_TOKEN, kubernetes_config
-from harness import run_program
+from harness import fake_digest, run_program
 
 K8S_VERSION = "1.30.0"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -114,7 +114,9 @@ def assert_hardened(pod: dict, containers: dict[str, dict], image: str) -> None:
 
 
 def built_image(program) -> str:
-    return program.get("docker:index/image:Image", "cvmfs-test-image").inputs["imageName"]
+    """What pods run: the pushed image's repository digest (mocked as the registry would)."""
+    name = program.get("docker:index/image:Image", "cvmfs-test-image").inputs["imageName"]
+    return f"{IMAGE_REPOSITORY}@{fake_digest(name)}"
 
 
 def test_upload_pod(kubernetes_program):
