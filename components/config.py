@@ -296,12 +296,24 @@ class DockerSpec(_Model):
 
 
 class IngressSpec(_Model):
-    """An optional Ingress in front of stratum 0, the gateway and the upload API."""
+    """An optional Ingress in front of stratum 0, the gateway and the upload API.
+
+    Two Ingress objects, because ingress-nginx annotations apply per object: one for stratum 0
+    and the upload API (request buffering off, no body size limit: uploads stream through), one
+    for the notification subscriptions (long read timeout, no response buffering).
+    """
 
     host: str
     class_name: Optional[str] = None
     tls_secret_name: Optional[str] = None
+    #: Extra annotations of both objects (they override the defaults above).
     annotations: dict[str, str] = Field(default_factory=dict)
+    #: How long a notification stream may stay idle at the ingress (the gateway's keep-alives
+    #: come much more often).
+    notifications_timeout_s: int = Field(3600, ge=60, le=86400)
+    #: Also route the admin routes (``/clean``, ``/gc``, ``/resign``, ``/housekeeping``) and
+    #: ``/metrics`` to the public host. Off: they stay reachable inside the cluster only.
+    expose_admin: bool = False
 
     @field_validator("host")
     @classmethod
@@ -311,14 +323,69 @@ class IngressSpec(_Model):
         return value
 
 
+class ParentRefSpec(_Model):
+    """A Gateway API parent (the Gateway the HTTPRoute attaches to)."""
+
+    name: str
+    namespace: Optional[str] = None
+    section_name: Optional[str] = None
+
+
+class HTTPRouteSpec(_Model):
+    """A Gateway API ``HTTPRoute`` (gateway.networking.k8s.io/v1), beside or instead of Ingress."""
+
+    parent_refs: list[ParentRefSpec] = Field(min_length=1)
+    hostnames: list[str] = Field(default_factory=list)
+    #: Route the admin routes and ``/metrics`` too (see ``IngressSpec.exposeAdmin``).
+    expose_admin: bool = False
+
+    @field_validator("hostnames")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not HOST_RE.match(host):
+                raise ValueError(f"{host!r} is not a DNS host name")
+        return value
+
+
+class NetworkPolicySpec(_Model):
+    """NetworkPolicies: only the ingress controller and the maintenance jobs reach the upload
+    API; only the upload service (and the ingress controller, for subscriptions) reach the
+    gateway, whose publish route the Ingress does not expose. Stratum 0 stays open."""
+
+    enabled: bool = True
+    #: Namespace of the ingress controller (or Gateway implementation) pods.
+    ingress_namespace: str = "ingress-nginx"
+
+
 class KubernetesSpec(_Model):
     """Kubernetes target options."""
 
     namespace: Optional[str] = None
     create_namespace: bool = True
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    #: Annotations per Service (``stratum0``, ``upload``, ``gateway``): load balancer settings...
+    service_annotations: dict[Literal["stratum0", "upload", "gateway"], dict[str, str]] = Field(
+        default_factory=dict
+    )
     ingress: Optional[IngressSpec] = None
+    http_route: Optional[HTTPRouteSpec] = None
     image_pull_secrets: list[str] = Field(default_factory=list)
+    #: The cluster's DNS domain (internal URLs are ``<service>.<namespace>.svc.<domain>``).
+    cluster_domain: str = "cluster.local"
+    #: Replicas of the read path (nginx serving the data volume read-only); persistent storage.
+    stratum0_replicas: int = Field(2, ge=2, le=50)
+    network_policy: NetworkPolicySpec = NetworkPolicySpec()
+    #: Name of a local kind cluster: the built image is loaded into it (``kind load
+    #: docker-image``) before the workloads are created, so nothing is pushed.
+    kind_cluster: Optional[str] = None
+
+    @field_validator("cluster_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not HOST_RE.match(value):
+            raise ValueError(f"{value!r} is not a DNS domain such as 'cluster.local'")
+        return value
 
     @field_validator("namespace")
     @classmethod
@@ -395,6 +462,11 @@ class StackConfig(_Model):
         for fqrn in self.imported_keys:
             if fqrn not in names:
                 raise ValueError(f"importedKeys names {fqrn!r}, which is not in repositories")
+        if self.kubernetes.kind_cluster is not None and self.image.push:
+            raise ValueError(
+                "kubernetes.kindCluster loads the locally built image into the cluster: "
+                "set image.push to false"
+            )
         for i, token in enumerate(self.tokens):
             if token.repository is not None and token.repository not in names:
                 raise ValueError(

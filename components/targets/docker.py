@@ -49,6 +49,8 @@ class DockerTarget:
     """Deploys the specs as Docker containers on the provider's engine."""
 
     kind = "docker"
+    #: The maintenance container runs all three jobs (one scheduler for the deployment).
+    embedded_jobs: tuple[str, ...] = ()
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
