@@ -273,6 +273,11 @@ def test_post_deploy_check(docker_program):
     ) in script
     public_key = p.outputs["publicKeys"][FQRN]
     assert check.inputs["stdin"] == public_key
+    # The runtime CLI runs with the program's own interpreter, wherever its virtualenv is.
+    import sys
+
+    assert check.inputs["environment"] == {"CVMFS_EPHEMERAL_PYTHON": sys.executable}
+    assert 'py="${CVMFS_EPHEMERAL_PYTHON:-python3}"' in script and '"$py" -m runtime verify' in script
     # It runs after every container exists, and again whenever one is replaced.
     containers = {r.name for r in services(p)}
     assert {d.split("::")[-1] for d in check.depends_on} >= containers

@@ -161,7 +161,7 @@ def test_post_deploy_check_passes(deployed):
     check = program.get("command:local:Command", f"{NAME}-verify-{FQRN}").inputs
     result = subprocess.run(
         ["/bin/sh", "-c", check["create"]], input=check["stdin"], cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**os.environ, **check["environment"]},
     )
     assert result.returncode == 0, result.stderr
     assert "verified" in result.stdout
