@@ -101,6 +101,9 @@ class ImageSpec(_Model):
     #: Push the built image to ``repository``'s registry (needed when the cluster's nodes do not
     #: share the Docker engine that builds it). Credentials come from the engine's docker login.
     push: bool = False
+    #: Release label of the runtime image (build argument ``REVISION``, the OCI revision label),
+    #: e.g. the commit it was built from; part of the tag, like every build input.
+    revision: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
 
     @field_validator("name", "repository", "base_image")

@@ -105,10 +105,12 @@ class Deployment(pulumi.ComponentResource):
 
         target.prepare(self)
         # Every workload runs the immutable reference; `image.ref` may be a tag.
-        runtime_image = target.deployable_image(image.ref, self)
+        runtime_image = target.deployable_image("runtime", image.ref, self)
+        # The read path runs the stratum0 stage: a runtime change does not replace it.
+        stratum0_image = target.deployable_image("stratum0", image.stratum0_ref, self)
         stratum0 = Stratum0(
             f"{name}-stratum0",
-            Stratum0Args(target=target, image=runtime_image, resources=config.resources.stratum0),
+            Stratum0Args(target=target, image=stratum0_image, resources=config.resources.stratum0),
             opts=child,
         )
         gateway = Gateway(
@@ -162,7 +164,7 @@ class Deployment(pulumi.ComponentResource):
             )
         if config.verify.enabled and check_url is not None:
             ready = list(target.ready())
-            triggers: list[pulumi.Input[object]] = [runtime_image]
+            triggers: list[pulumi.Input[object]] = [runtime_image, stratum0_image]
             triggers.extend(r.id for r in ready if isinstance(r, pulumi.CustomResource))
             for fqrn, repo_keys in keys.items():
                 PostDeployCheck(

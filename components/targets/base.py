@@ -43,7 +43,9 @@ class Target(Protocol):
     def prepare(self, parent: pulumi.Resource) -> None:
         """Shared infrastructure: network or namespace, the repository data storage."""
 
-    def deployable_image(self, ref: pulumi.Output[str], parent: pulumi.Resource) -> pulumi.Output[str]:
+    def deployable_image(
+        self, stage: str, ref: pulumi.Output[str], parent: pulumi.Resource
+    ) -> pulumi.Output[str]:
         """The immutable reference workloads run for the image ``ref`` (a digest or image id
         where the platform has one), ordered after whatever makes the image available."""
 

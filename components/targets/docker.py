@@ -129,12 +129,12 @@ class DockerTarget:
         )
 
     def deployable_image(
-        self, ref: pulumi.Output[str], parent: pulumi.Resource
+        self, stage: str, ref: pulumi.Output[str], parent: pulumi.Resource
     ) -> pulumi.Output[str]:
         """The image id on the engine: a rebuilt tag (or a pulled digest) is a new id, so the
         containers are replaced whenever what they would run changes."""
         image = docker.RemoteImage(
-            f"{self.name}-runtime-image",
+            f"{self.name}-{stage}-image",
             name=ref,
             keep_locally=True,
             opts=pulumi.ResourceOptions(parent=parent),

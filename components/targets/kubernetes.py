@@ -237,7 +237,7 @@ class KubernetesTarget:
         self._network_policies(parent)
 
     def deployable_image(
-        self, ref: pulumi.Output[str], parent: pulumi.Resource
+        self, stage: str, ref: pulumi.Output[str], parent: pulumi.Resource
     ) -> pulumi.Output[str]:
         """The pushed digest (``RuntimeImage.ref``) as is: nodes resolve it themselves. For a
         kind cluster, the image is first loaded into the nodes, and the workloads wait for it."""
@@ -245,7 +245,7 @@ class KubernetesTarget:
         if cluster is None:
             return ref
         load = command.local.Command(
-            f"{self.name}-kind-load",
+            f"{self.name}-kind-load" + ("" if stage == "runtime" else f"-{stage}"),
             create=ref.apply(
                 lambda image: f"kind load docker-image --name {shlex.quote(cluster)} "
                 f"{shlex.quote(image)}"

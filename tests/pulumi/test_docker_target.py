@@ -48,7 +48,7 @@ def test_resources(docker_program):
         "cvmfs-test-upload-files",
     ]
     assert p.names("docker:index/network:Network") == ["cvmfs-test"]
-    assert p.names("docker:index/image:Image") == ["cvmfs-test-image"]
+    assert p.names("docker:index/image:Image") == ["cvmfs-test-image", "cvmfs-test-image-stratum0"]
     assert p.names("command:local:Command") == [
         "cvmfs-test-verify-ci.example.org", "cvmfs-test-verify-nightly.example.org",
     ]
@@ -83,12 +83,19 @@ def test_image_build_is_content_tagged(docker_program):
     assert image["build"]["context"] == "."
     assert image["build"]["dockerfile"] == "Dockerfile"
     assert image["build"]["args"] == {"BASE_IMAGE": "cvmfs-ephemeral-base:bookworm"}
+    assert image["build"]["target"] == "runtime"
     assert image["skipPush"] is True
+    stratum0 = docker_program.get("docker:index/image:Image", "cvmfs-test-image-stratum0").inputs
+    assert stratum0["build"]["target"] == "stratum0"
+    assert stratum0["imageName"] == f"cvmfs-ephemeral-stratum0:{image_tag(target='stratum0')}"
     # Containers run the image id the engine has for the built tag, not the (mutable) tag.
     pinned = docker_program.get(REMOTE_IMAGE, "cvmfs-test-runtime-image").inputs
     assert pinned["name"] == image["imageName"] and pinned["keepLocally"] is True
+    pinned_s0 = docker_program.get(REMOTE_IMAGE, "cvmfs-test-stratum0-image").inputs
+    assert pinned_s0["name"] == stratum0["imageName"]
     for c in docker_program.of_type(CONTAINER):
-        assert c.inputs["image"] == fake_digest(image["imageName"])
+        expected = stratum0["imageName"] if c.name == "cvmfs-test-stratum0" else image["imageName"]
+        assert c.inputs["image"] == fake_digest(expected), c.name
 
 
 def test_common_hardening(docker_program):
@@ -282,7 +289,8 @@ def test_post_deploy_check(docker_program):
     containers = {r.name for r in services(p)}
     assert {d.split("::")[-1] for d in check.depends_on} >= containers
     image = p.get("docker:index/image:Image", "cvmfs-test-image").inputs["imageName"]
-    assert check.inputs["triggers"] == [fake_digest(image)] + [f"{n}-id" for n in (
+    s0 = p.get("docker:index/image:Image", "cvmfs-test-image-stratum0").inputs["imageName"]
+    assert check.inputs["triggers"] == [fake_digest(image), fake_digest(s0)] + [f"{n}-id" for n in (
         "cvmfs-test-stratum0", "cvmfs-test-gateway", "cvmfs-test-upload", "cvmfs-test-maintenance")]
 
 

@@ -219,11 +219,33 @@ def test_image_tag_follows_base_image_and_build_args():
 def test_kubernetes_workloads_run_the_pushed_digest(kubernetes_program):
     image = kubernetes_program.get("docker:index/image:Image", "cvmfs-test-image").inputs
     digest = f"registry.example.org/cvmfs-ephemeral@{fake_digest(image['imageName'])}"
-    images = set()
+    s0 = kubernetes_program.get("docker:index/image:Image", "cvmfs-test-image-stratum0").inputs
+    s0_digest = f"registry.example.org/cvmfs-ephemeral-stratum0@{fake_digest(s0['imageName'])}"
+    images = {}
     for r in kubernetes_program:
         spec = r.inputs.get("spec", {}) if r.type.startswith("kubernetes:") else {}
         template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
         if template:
-            images |= {c["image"] for c in template["spec"]["containers"]}
-    assert images == {digest}
+            images[r.name] = {c["image"] for c in template["spec"]["containers"]}
+    assert images.pop("cvmfs-test-stratum0") == {s0_digest}
+    assert set().union(*images.values()) == {digest}
     assert kubernetes_program.outputs["image"] == digest
+
+
+def test_a_runtime_change_leaves_the_read_path_alone():
+    """The read path runs the stratum0 stage, whose tag hashes only what that stage copies: a
+    new runtime revision replaces the upload service, never the stratum-0 container."""
+    a = run_program(docker_config())
+    b = run_program(docker_config(image={"revision": "build-2"}))
+    new_tag = _image(b)
+    assert new_tag["build"]["args"] == {"BASE_IMAGE": "cvmfs-ephemeral-base:bookworm",
+                                        "REVISION": "build-2"}
+    assert new_tag["imageName"] != _image(a)["imageName"]
+
+    def declared(program, role):
+        return program.get(CONTAINER, f"cvmfs-test-{role}").inputs
+
+    assert declared(a, "stratum0") == declared(b, "stratum0")
+    assert declared(a, "upload")["image"] != declared(b, "upload")["image"]
+    # A change of what nginx serves with (its config) is a new stratum0 tag.
+    assert image_tag(target="stratum0") != image_tag(target="runtime")

@@ -256,10 +256,13 @@ def test_kind_loads_the_image_between_build_and_workloads():
     assert load.inputs["create"] == f"kind load docker-image --name cvmfs {tag}"
     assert load.inputs["triggers"] == [tag]
     assert "cvmfs-test-image" in urn_names(load)
+    s0_tag = p.get("docker:index/image:Image", "cvmfs-test-image-stratum0").inputs["imageName"]
+    assert p.get(COMMAND, "cvmfs-test-kind-load-stratum0").inputs["create"].endswith(s0_tag)
     # Every workload is ordered after the load (its output feeds the image reference).
     for r in [*p.of_type(DEPLOYMENT), *p.of_type(CRONJOB)]:
-        assert "cvmfs-test-kind-load" in urn_names(r), r.name
-        assert {c["image"] for c in containers_of(r).values()} == {tag}
+        stratum0 = r.name == "cvmfs-test-stratum0"
+        assert ("cvmfs-test-kind-load-stratum0" if stratum0 else "cvmfs-test-kind-load") in urn_names(r), r.name
+        assert {c["image"] for c in containers_of(r).values()} == {s0_tag if stratum0 else tag}
         assert {c["imagePullPolicy"] for c in containers_of(r).values()} == {"Never"}
     validate_all(p)
 

@@ -162,7 +162,9 @@ def test_stratum0_deployment(kubernetes_program):
     d = kubernetes_program.get(DEPLOYMENT, "cvmfs-test-stratum0")
     containers = containers_of(d)
     assert list(containers) == ["stratum0"]
-    assert_hardened(pod_of(d), containers, built_image(kubernetes_program))
+    s0 = kubernetes_program.get("docker:index/image:Image", "cvmfs-test-image-stratum0").inputs
+    assert_hardened(pod_of(d), containers,
+                    f"{IMAGE_REPOSITORY}-stratum0@{fake_digest(s0['imageName'])}")
     nginx = containers["stratum0"]
     assert nginx["command"] == ["nginx", "-c", "/etc/nginx/stratum0.conf"]
     assert nginx["ports"] == [{"name": "stratum0", "containerPort": 8000, "protocol": "TCP"}]
