@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ADMIN_TOKEN, FQRN, UPLOAD_TOKEN
 from docker_runner import (
-    create_container, create_network, create_volume, docker, engine_available, state,
+    build_images, create_container, create_network, create_volume, docker, engine_available, state,
     wait_healthy,
 )
 from harness import REPO_ROOT, run_program
@@ -61,7 +61,11 @@ def _teardown(program) -> None:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    program = run_program(_config())
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "make-base-image.sh")], check=True,
+                   timeout=1200)
+    config = _config()
+    # As the engine: the images are built first, then the containers run their image ids.
+    program = run_program(config, image_ids=build_images(run_program(config)))
     containers = {
         c.name.removeprefix(f"{NAME}-"): c.inputs
         for c in program.of_type("docker:index/container:Container")
@@ -69,17 +73,6 @@ def deployed(tmp_path_factory):
     loaders = [c for role, c in containers.items() if role.endswith("-files")]
     containers = {role: c for role, c in containers.items() if not role.endswith("-files")}
     _teardown(program)
-
-    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "make-base-image.sh")], check=True,
-                   timeout=1200)
-    image = program.get("docker:index/image:Image", f"{NAME}-image").inputs
-    build = image["build"]
-    args = [f"--build-arg={k}={v}" for k, v in sorted(build["args"].items())]
-    subprocess.run(
-        ["docker", "build", *args, "-f", build["dockerfile"], "-t", image["imageName"],
-         build["context"]],
-        cwd=REPO_ROOT, check=True, timeout=1200, env={**os.environ, "DOCKER_BUILDKIT": "0"},
-    )
 
     for n in program.of_type("docker:index/network:Network"):
         create_network(n.inputs)
