@@ -287,3 +287,15 @@ def test_kind_and_push_exclude_each_other():
     config["image"]["push"] = True
     with pytest.raises(ConfigError, match="kindCluster"):
         run_program(config)
+
+
+def test_example_stack_files_are_valid_configurations():
+    import yaml
+
+    from components.config import NAMESPACE, parse_stack_config
+    from harness import REPO_ROOT
+
+    for name in ("Pulumi.k8s-example.yaml", "Pulumi.dev.yaml", "Pulumi.kind.yaml"):
+        raw = yaml.safe_load((REPO_ROOT / name).read_text())["config"]
+        parse_stack_config({k.split(":", 1)[1]: v for k, v in raw.items()
+                            if k.startswith(NAMESPACE + ":")})
