@@ -117,6 +117,9 @@ def resources(spec: ResourceSpec) -> core.ResourceRequirementsArgs:
     )
 
 
+#: The only gateway route the public host gets: subscriptions (publish stays in-cluster).
+SUBSCRIBE_PATH = "/api/v1/notifications/subscribe"
+
 CONTAINER_PORTS: dict[str, int] = {
     "stratum0": contract.STRATUM0_PORT,
     "upload": contract.UPLOAD_PORT,
@@ -427,10 +430,12 @@ class KubernetesTarget:
         self, role: ServiceRole, component: str, parent: pulumi.Resource
     ) -> core.Service:
         name = f"{self.name}-{role}"
-        annotations = self.config.kubernetes.service_annotations.get(role)
+        annotations = self.config.kubernetes.service_annotations.get(role) or None
         service = core.Service(
             name,
-            metadata=self._meta(name, role, annotations=dict(sorted(annotations.items())) if annotations else None),
+            metadata=self._meta(
+                name, role, annotations=dict(sorted(annotations.items())) if annotations else None
+            ),
             spec=core.ServiceSpecArgs(
                 type=self.config.kubernetes.service_type,
                 selector=self._selector(component),
@@ -561,8 +566,6 @@ class KubernetesTarget:
             routes.append(("/", "Prefix", "upload"))
         return routes
 
-    SUBSCRIBE_PATH = "/api/v1/notifications/subscribe"
-
     def _ingress(self, parent: pulumi.Resource) -> None:
         ingress = self.config.kubernetes.ingress
         if ingress is None:
@@ -621,7 +624,7 @@ class KubernetesTarget:
                 "nginx.ingress.kubernetes.io/proxy-read-timeout": timeout,
                 "nginx.ingress.kubernetes.io/proxy-send-timeout": timeout,
             },
-            [path(self.SUBSCRIBE_PATH, "Exact", "gateway")],
+            [path(SUBSCRIBE_PATH, "Exact", "gateway")],
         )
 
     def _http_route(self, parent: pulumi.Resource) -> None:
@@ -645,7 +648,7 @@ class KubernetesTarget:
         ]
         rules.append(
             {
-                "matches": [{"path": {"type": "Exact", "value": self.SUBSCRIBE_PATH}}],
+                "matches": [{"path": {"type": "Exact", "value": SUBSCRIBE_PATH}}],
                 "backendRefs": [backend("gateway")],
                 # "0s" disables the timeouts: the stream stays open as long as the client wants.
                 "timeouts": {"request": "0s", "backendRequest": "0s"},

@@ -33,6 +33,8 @@ from nginx_runner import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 NAME = "cvmfs-upgrade"
+#: The in-flight upload: large enough to still be streaming when the upload service is stopped.
+BIG = 160 * 1024 * 1024
 
 if not engine_available():
     if os.environ.get("CI"):
@@ -161,20 +163,23 @@ def upgraded(tmp_path_factory):
                               image={"revision": "upgrade-2"}))
         report["v2"] = v2
         big = tmp_path_factory.mktemp("inflight")
-        (big / "blob.bin").write_bytes(os.urandom(48 * 1024 * 1024))
+        (big / "blob.bin").write_bytes(os.urandom(BIG))
         inflight: dict = {}
 
         def start_inflight(name: str) -> None:
             # Just before the upload service is stopped: a CI upload is running.
             if name != f"{NAME}-upload":
                 return
-            thread = threading.Thread(
-                target=lambda: inflight.setdefault("result", _upload(endpoints, big, "in-flight")),
-                daemon=True,
-            )
+            def run() -> None:
+                inflight["result"] = _upload(endpoints, big, "in-flight")
+                inflight["finished"] = time.monotonic()
+
+            thread = threading.Thread(target=run, daemon=True)
             thread.start()
             inflight["thread"] = thread
-            time.sleep(0.5)
+            # Long enough for the client to start and stream part of the body.
+            time.sleep(2.0)
+            inflight["stopping"] = time.monotonic()
 
         poller = Poller(f"{endpoints['stratum0']}/cvmfs/{FQRN}/.cvmfspublished")
         poller.start()
@@ -188,7 +193,7 @@ def upgraded(tmp_path_factory):
         finally:
             poller.stop()
         report["poller"] = poller
-        report["inflight"] = inflight["result"]
+        report["inflight"] = inflight
         report["ids_after"] = {
             role: state(f"{NAME}-{role}")["Id"] for role in ("stratum0", "gateway", "upload")
         }
@@ -238,10 +243,17 @@ def test_stratum0_served_every_read_during_the_upgrade(upgraded):
 
 
 def test_the_upload_in_flight_completed_or_was_retried(upgraded):
-    result = upgraded["inflight"]
+    inflight = upgraded["inflight"]
+    result = inflight["result"]
     assert result.returncode == 0, result.stdout + result.stderr
     # Either the drain let it finish, or the client was refused and retried: say which.
-    print("in-flight upload:", "retried" if "retrying" in result.stderr else "completed in the drain")
+    if "retrying" in result.stderr:
+        outcome = "refused, then retried by the client"
+    elif inflight["finished"] > inflight["stopping"]:
+        outcome = "completed while the old upload service drained"
+    else:
+        outcome = "completed before the stop"
+    print(f"in-flight upload: {outcome}")
     reader = upgraded["reader"](upgraded["v1"].outputs["publicKeys"][FQRN])
     reader.check()
-    assert len(reader.read_file("in-flight/blob.bin")) == 48 * 1024 * 1024
+    assert len(reader.read_file("in-flight/blob.bin")) == BIG
