@@ -2,6 +2,8 @@
 
 What it creates (``<name>`` is the stack's ``name``):
 
+- ``docker.RemoteImage`` ``<name>-runtime-image`` and ``<name>-stratum0-image``: the image ids
+  the engine holds for the built (or pulled) references; containers run those ids;
 - network ``<name>``; each container joins it under its role as alias (``stratum0``, ``upload``,
   ``gateway``), which is how the containers find each other;
 - volume ``<name>-data``: the repository data, read-write in ``upload`` and read-only in

@@ -214,8 +214,6 @@ class Resource:
 class Program:
     resources: list[Resource]
     outputs_raw: dict
-    #: Resource objects by (type, name), to follow the Output graph (``Output.resources()``).
-    objects: dict[tuple[str, str], pulumi.Resource] = field(default_factory=dict)
 
     @property
     def outputs(self) -> dict:
@@ -263,12 +261,10 @@ def run_program(
         [f"{PROJECT}:{k}" for k in secret],
     )
     recorded: dict[tuple[str, str], pulumi.ResourceOptions] = {}
-    objects: dict[tuple[str, str], pulumi.Resource] = {}
     original_init = pulumi.Resource.__init__
 
     def recording_init(self, t, name, custom, props=None, opts=None, *args, **kwargs):
         recorded[(t, name)] = opts or pulumi.ResourceOptions()
-        objects[(t, name)] = self
         original_init(self, t, name, custom, props, opts, *args, **kwargs)
 
     pulumi.Resource.__init__ = recording_init
@@ -279,11 +275,5 @@ def run_program(
         psettings.set_root_resource(None)
     for resource in monitor.registrations:
         resource.opts = recorded.get((resource.type, resource.name), pulumi.ResourceOptions())
-    return Program(resources=monitor.registrations, outputs_raw=monitor.outputs, objects=objects)
+    return Program(resources=monitor.registrations, outputs_raw=monitor.outputs)
 
-
-def output_resources(output: Any) -> set[pulumi.Resource]:
-    """The resources an Output (or a plain value) depends on, through the Output graph."""
-    if not isinstance(output, pulumi.Output):
-        return set()
-    return set(_sync_await(output.resources()))
