@@ -156,6 +156,10 @@ class RecordingMonitor(pmocks.MockMonitor):
                 raw=raw,
                 depends_on=list(request.dependencies),
                 additional_secret_outputs=list(request.additionalSecretOutputs),
+                alias_specs=[
+                    _clean(json_format.MessageToDict(a, preserving_proto_field_name=True))
+                    for a in request.aliases
+                ],
             )
         )
         return super().RegisterResource(request)
@@ -201,6 +205,8 @@ class Resource:
     raw: dict
     depends_on: list[str] = field(default_factory=list)
     additional_secret_outputs: list[str] = field(default_factory=list)
+    #: The aliases as sent to the engine (``Alias.Spec``: name, type, parent...).
+    alias_specs: list[dict] = field(default_factory=list)
     #: The ``pulumi.ResourceOptions`` the program passed (recorded by wrapping
     #: ``pulumi.Resource.__init__``): protect, retain_on_delete, aliases, delete_before_replace...
     opts: pulumi.ResourceOptions = field(default_factory=pulumi.ResourceOptions)

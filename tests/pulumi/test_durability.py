@@ -31,14 +31,6 @@ def key_resources(program):
     return [r for r in program if r.type in (PRIVATE_KEY, CERT)]
 
 
-def alias_urns(resource) -> list[str]:
-    """The URNs an alias (name only, same parent types) stands for."""
-    urn_prefix = resource.parent.rsplit("::", 1)[0]
-    parent_types = resource.parent.split("::")[2]
-    return [f"{urn_prefix.rsplit('::', 1)[0]}::{parent_types}${resource.type}::{a.name}"
-            for a in (resource.opts.aliases or [])]
-
-
 @pytest.mark.parametrize("make_config", [docker_config, kubernetes_config])
 def test_key_names_do_not_depend_on_the_stack_name(make_config):
     a = run_program(make_config())
@@ -56,14 +48,15 @@ def test_existing_stacks_keep_their_key_urns_through_aliases(docker_program):
     """Before durable names, the keys were `<name>-<fqrn>-master-key` under `<name>-<fqrn>`."""
     master = docker_program.get(PRIVATE_KEY, f"{FQRN}-master-key")
     assert [a.name for a in master.opts.aliases] == [f"cvmfs-test-{FQRN}-master-key"]
-    old_urn = (
-        "urn:pulumi:test::cvmfs-ephemeral::cvmfs-ephemeral:index:Deployment$"
-        "cvmfs-ephemeral:index:RepositoryKeys$tls:index/privateKey:PrivateKey::"
-        f"cvmfs-test-{FQRN}-master-key"
-    )
-    assert alias_urns(master) == [old_urn]
+    # As sent to the engine: only the name differs; type, project, stack and parent are the
+    # resource's own (an empty parentUrn inherits the current parent). A URN is the parents'
+    # types plus the name, so this is exactly the URN the old program registered.
+    assert master.alias_specs == [{"spec": {"name": f"cvmfs-test-{FQRN}-master-key",
+                                            "parentUrn": ""}}]
+    assert master.parent.endswith(f"cvmfs-ephemeral:index:RepositoryKeys::keys-{FQRN}")
     component = docker_program.get(KEYS, f"keys-{FQRN}")
     assert [a.name for a in component.opts.aliases] == [f"cvmfs-test-{FQRN}"]
+    assert component.alias_specs == [{"spec": {"name": f"cvmfs-test-{FQRN}", "parentUrn": ""}}]
     for r in key_resources(docker_program):
         assert len(r.opts.aliases) == 1 and r.opts.aliases[0].name.startswith("cvmfs-test-")
 
