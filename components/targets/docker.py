@@ -158,6 +158,7 @@ class DockerTarget:
         files: list[FileSet],
         data: Optional[tuple[str, bool]],
         health_port: Optional[int],
+        stop_signal: Optional[str] = None,
     ) -> docker.Container:
         assert self.network is not None and self.data_volume is not None, "prepare() first"
         volumes: list[docker.ContainerVolumeArgs] = []
@@ -232,6 +233,7 @@ class DockerTarget:
             # destroy, and any `docker stop`).
             destroy_grace_seconds=contract.STOP_GRACE_S,
             stop_timeout=contract.STOP_GRACE_S,
+            stop_signal=stop_signal,
             log_driver="json-file",
             log_opts={
                 "max-size": self.config.docker.log_max_size,
@@ -316,6 +318,7 @@ class DockerTarget:
             files=spec.files,
             data=(spec.data.path, spec.data.read_only) if spec.data else None,
             health_port=spec.port if spec.health_path else None,
+            stop_signal=spec.stop_signal,
         )
         return Endpoint(internal_url=self.internal_url(role), public_url=self._public_url(role))
 

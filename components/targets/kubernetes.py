@@ -117,6 +117,8 @@ def resources(spec: ResourceSpec) -> core.ResourceRequirementsArgs:
     )
 
 
+#: Seconds a stopping read-path pod keeps serving while the Services drop it.
+PRESTOP_DELAY_S = 5
 #: The only gateway route the public host gets: subscriptions (publish stays in-cluster).
 SUBSCRIBE_PATH = "/api/v1/notifications/subscribe"
 
@@ -342,11 +344,28 @@ class KubernetesTarget:
                 http_get=check, period_seconds=20, timeout_seconds=10, failure_threshold=6
             )
             startup = core.ProbeArgs(http_get=check, period_seconds=2, failure_threshold=60)
+        lifecycle = None
+        if spec.stop_signal is not None:
+            # Kubernetes sends SIGTERM: first let the endpoints drop this pod, then send the
+            # process its graceful signal and wait for it (within the grace period).
+            signal = spec.stop_signal.removeprefix("SIG")
+            lifecycle = core.LifecycleArgs(
+                pre_stop=core.LifecycleHandlerArgs(
+                    exec_=core.ExecActionArgs(
+                        command=[
+                            "/bin/sh", "-c",
+                            f"sleep {PRESTOP_DELAY_S}; kill -{signal} 1; "
+                            "while kill -0 1 2>/dev/null; do sleep 1; done",
+                        ]
+                    )
+                )
+            )
         return core.ContainerArgs(
             name=spec.role,
             image=spec.image,
             image_pull_policy=self.config.image.pull_policy,
             command=spec.command,
+            lifecycle=lifecycle,
             env=[core.EnvVarArgs(name=k, value=v) for k, v in sorted(spec.env.items())],
             ports=ports,
             readiness_probe=readiness,

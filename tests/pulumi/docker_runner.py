@@ -95,6 +95,8 @@ def container_options(inputs: dict) -> list[str]:
             args += ["--health-retries", str(health["retries"])]
     if inputs.get("memory"):
         args += ["--memory", f"{inputs['memory']}m"]
+    if inputs.get("stopSignal"):
+        args += ["--stop-signal", inputs["stopSignal"]]
     if inputs.get("stopTimeout") is not None:
         args += ["--stop-timeout", str(inputs["stopTimeout"])]
     if inputs.get("logDriver"):

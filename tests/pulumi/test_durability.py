@@ -106,6 +106,9 @@ def test_docker_containers_stop_gracefully_and_rotate_logs(docker_program):
         assert c.inputs["stopTimeout"] == c.inputs["destroyGraceSeconds"]
         assert c.inputs["logDriver"] == "json-file"
         assert c.inputs["logOpts"] == {"max-size": "10m", "max-file": "3"}
+        # nginx drains on SIGQUIT (SIGTERM is its fast shutdown); the runtime on SIGTERM.
+        expected = "SIGQUIT" if c.name == "cvmfs-test-stratum0" else None
+        assert c.inputs.get("stopSignal") == expected, c.name
 
 
 def test_removed_repository_keys_leave_the_loader_volume():

@@ -244,3 +244,40 @@ def test_upload_through_the_api_and_read_back(deployed, tmp_path):
     assert message["repository"] == FQRN and message["type"] == "activity"
     manifest = base64.b64decode(message["manifest"])
     assert f"S{reader.revision}".encode() in manifest.split(b"--\n")[0]
+
+
+def test_zz_stratum0_stops_gracefully_with_the_declared_signal(deployed):
+    """Last (it stops stratum 0): nginx exits cleanly on the signal the targets declare (Docker
+    stop signal; the Kubernetes preStop hook's command), well within the stop grace."""
+    from conftest import kubernetes_config
+
+    _, containers = deployed
+    inputs = containers["stratum0"]
+    assert state(inputs["name"])["Config"]["StopSignal"] == "SIGQUIT"
+    # The Kubernetes hook's command, in a one-off container with the same options (no restart
+    # policy: a pod being deleted is not restarted either).
+    program = run_program(kubernetes_config())
+    (nginx,) = [c for d in program.of_type("kubernetes:apps/v1:Deployment")
+                if d.name.endswith("-stratum0")
+                for c in d.inputs["spec"]["template"]["spec"]["containers"]]
+    hook = nginx["lifecycle"]["preStop"]["exec"]["command"]
+    one_off = {**inputs, "name": f"{NAME}-prestop", "ports": [], "restart": "no"}
+    create_container(one_off)
+    try:
+        docker("start", one_off["name"])
+        wait_healthy(one_off["name"])
+        started = time.monotonic()
+        docker("exec", one_off["name"], *hook, check=False, timeout=120)
+        deadline = started + 30
+        while state(one_off["name"])["State"]["Running"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        final = state(one_off["name"])["State"]
+        assert not final["Running"] and final["ExitCode"] == 0, final
+        assert time.monotonic() - started < 30
+    finally:
+        docker("rm", "-f", one_off["name"], check=False)
+    # docker stop (as on a replace or destroy) with the declared signal and grace.
+    started = time.monotonic()
+    docker("stop", "--time", str(inputs["stopTimeout"]), inputs["name"], timeout=200)
+    assert time.monotonic() - started < 30
+    assert state(inputs["name"])["State"]["ExitCode"] == 0

@@ -299,3 +299,16 @@ def test_example_stack_files_are_valid_configurations():
         raw = yaml.safe_load((REPO_ROOT / name).read_text())["config"]
         parse_stack_config({k.split(":", 1)[1]: v for k, v in raw.items()
                             if k.startswith(NAMESPACE + ":")})
+
+
+def test_read_path_pods_stop_gracefully(kubernetes_program):
+    """nginx takes SIGTERM as a fast shutdown: a stopping reader first leaves the Services,
+    then gets SIGQUIT (graceful) and is waited for, within the grace period."""
+    (nginx,) = containers_of(kubernetes_program.get(DEPLOYMENT, "cvmfs-test-stratum0")).values()
+    command = nginx["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    assert command[2] == "sleep 5; kill -QUIT 1; while kill -0 1 2>/dev/null; do sleep 1; done"
+    # The runtime drains on SIGTERM itself: no hook there.
+    for name in ("cvmfs-test-upload", "cvmfs-test-gateway"):
+        for c in containers_of(kubernetes_program.get(DEPLOYMENT, name)).values():
+            assert "lifecycle" not in c, name
