@@ -40,6 +40,7 @@ import pulumi_docker as docker
 from .. import contract
 from ..config import StackConfig, quantity_bytes
 from ..spec import ContainerSpec, Endpoint, FileSet, MaintenanceSpec
+from ..store_guard import DataStoreGuard, DataStoreGuardArgs
 from .base import ServiceRole, configured_public_url
 
 #: Mount options of the per-container /tmp.
@@ -114,8 +115,22 @@ class DockerTarget:
                 "o": f"size={size},uid={contract.UID},gid={contract.GID},mode=0750",
             }
         # The data outlives the stack's resources: protected against a replace (which fails
-        # preview) and kept by `pulumi destroy`, unless the configuration allows its loss.
+        # preview) and kept by `pulumi destroy`, unless the configuration allows its loss. The
+        # guard says which configuration change would replace it, before the engine refuses.
         durable = storage.kind == "persistent" and not storage.allow_replace
+        guard = DataStoreGuard(
+            f"{self.name}-data-guard",
+            DataStoreGuardArgs(
+                store=f"docker volume {self.name}-data",
+                identity={
+                    "kind": storage.kind,
+                    "name": f"{self.name}-data",
+                    "driverOpts": driver_opts or {},
+                },
+                allow_replace=storage.allow_replace,
+            ),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
         self.data_volume = docker.Volume(
             f"{self.name}-data",
             name=f"{self.name}-data",
@@ -126,7 +141,10 @@ class DockerTarget:
                 docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.storage", value=storage.kind),
             ],
             opts=pulumi.ResourceOptions.merge(
-                opts, pulumi.ResourceOptions(protect=durable, retain_on_delete=durable)
+                opts,
+                pulumi.ResourceOptions(
+                    protect=durable, retain_on_delete=durable, depends_on=[guard]
+                ),
             ),
         )
 

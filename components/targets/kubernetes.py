@@ -46,6 +46,7 @@ import pulumi_kubernetes as k8s
 from .. import contract
 from ..config import ResourceSpec, StackConfig
 from ..spec import ContainerSpec, Endpoint, FileSet, MaintenanceSpec
+from ..store_guard import DataStoreGuard, DataStoreGuardArgs
 from .base import ServiceRole, configured_public_url
 
 core = k8s.core.v1
@@ -226,6 +227,23 @@ class KubernetesTarget:
             # Objects take the namespace from the resource, so they depend on it.
             self.namespace = self.namespace_resource.metadata.name
         storage = self.config.storage
+        name = f"{self.name}-data"
+        # Says which configuration change would replace the claim, before the engine refuses.
+        guard = DataStoreGuard(
+            f"{name}-guard",
+            DataStoreGuardArgs(
+                store=f"PersistentVolumeClaim {self.config.namespace}/{name}",
+                identity={
+                    "kind": storage.kind,
+                    "namespace": self.config.namespace,
+                    "name": name,
+                    "storageClass": storage.storage_class,
+                    "accessMode": storage.access_mode,
+                },
+                allow_replace=storage.allow_replace,
+            ),
+            opts=opts,
+        )
         if storage.kind == "persistent":
             self.pvc = core.PersistentVolumeClaim(
                 f"{self.name}-data",
@@ -237,7 +255,12 @@ class KubernetesTarget:
                     ),
                     storage_class_name=storage.storage_class,
                 ),
-                opts=pulumi.ResourceOptions.merge(opts, self._durable()),
+                opts=pulumi.ResourceOptions.merge(
+                    opts,
+                    pulumi.ResourceOptions.merge(
+                        self._durable(), pulumi.ResourceOptions(depends_on=[guard])
+                    ),
+                ),
             )
         self._network_policies(parent)
 

@@ -245,3 +245,76 @@ def test_a_runtime_change_leaves_the_read_path_alone():
     assert declared(a, "upload")["image"] != declared(b, "upload")["image"]
     # A change of what nginx serves with (its config) is a new stratum0 tag.
     assert image_tag(target="stratum0") != image_tag(target="runtime")
+
+
+# -- the data store guard: a replacing change fails preview with a clear message ---------------
+
+GUARD = "pulumi-python:dynamic:Resource"
+
+
+def _guard_diff(old_config: dict, new_config: dict):
+    """What the guard's provider answers the engine at preview, for a config change: its diff
+    is given the old outputs (what create stored: the old inputs) and the new inputs."""
+    from components.store_guard import _GuardProvider
+
+    def inputs(config):
+        program = run_program(config)
+        (guard,) = program.of_type(GUARD)
+        return {k: v for k, v in guard.inputs.items() if not k.startswith("__")}
+
+    old, new = inputs(old_config), inputs(new_config)
+    provider = _GuardProvider()
+    created = provider.create(old)
+    return provider.diff(created.id, created.outs, new)
+
+
+def test_the_store_depends_on_its_guard(docker_program, kubernetes_program):
+    for program, typ, name in ((docker_program, VOLUME, "cvmfs-test-data"),
+                               (kubernetes_program, PVC, "cvmfs-test-data")):
+        (guard,) = program.of_type(GUARD)
+        assert guard.name == "cvmfs-test-data-guard"
+        assert any(u.endswith("::cvmfs-test-data-guard") for u in program.get(typ, name).depends_on)
+    (guard,) = kubernetes_program.of_type(GUARD)
+    assert guard.inputs["identity"] == {
+        "kind": "persistent", "namespace": "cvmfs", "name": "cvmfs-test-data",
+        "storageClass": None, "accessMode": "ReadWriteOnce"}
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"kubernetes": {"namespace": "elsewhere"}}, "namespace: 'cvmfs' -> 'elsewhere'"),
+    ({"storage": {"kind": "persistent", "storageClass": "fast-ssd"}},
+     "storageClass: None -> 'fast-ssd'"),
+    ({"storage": {"kind": "persistent", "accessMode": "ReadWriteMany"}},
+     "accessMode: 'ReadWriteOnce' -> 'ReadWriteMany'"),
+    ({"storage": {"kind": "ephemeral"}}, "kind: 'persistent' -> 'ephemeral'"),
+    ({"name": "renamed"}, "name: 'cvmfs-test-data' -> 'renamed-data'"),
+])
+def test_a_replacing_kubernetes_change_fails_preview_with_a_clear_message(change, named):
+    from components.store_guard import DataStoreReplaceRefused
+
+    with pytest.raises(DataStoreReplaceRefused) as refused:
+        _guard_diff(kubernetes_config(), kubernetes_config(**change))
+    message = str(refused.value)
+    assert "would replace the data store PersistentVolumeClaim cvmfs/cvmfs-test-data" in message
+    assert "storage.allowReplace" in message
+    assert named in message, message
+
+
+def test_docker_store_change_is_refused_and_allowed_on_request():
+    from components.store_guard import DataStoreReplaceRefused
+
+    with pytest.raises(DataStoreReplaceRefused, match="docker volume cvmfs-test-data"):
+        _guard_diff(docker_config(), docker_config(storage={"kind": "ephemeral", "size": "1Gi"}))
+    allowed = _guard_diff(
+        docker_config(),
+        docker_config(storage={"kind": "ephemeral", "size": "1Gi", "allowReplace": True}))
+    assert allowed.changes and allowed.replaces == ["identity"]
+
+
+def test_unrelated_changes_pass_the_guard():
+    assert not _guard_diff(docker_config(), docker_config(logLevel="debug")).changes
+    assert not _guard_diff(kubernetes_config(), kubernetes_config(
+        storage={"kind": "persistent", "size": "20Gi"})).changes  # a claim grows in place
+    # An ephemeral store loses nothing that would have outlived it.
+    tmpfs = docker_config(storage={"kind": "ephemeral", "size": "1Gi"})
+    assert _guard_diff(tmpfs, docker_config(storage={"kind": "ephemeral", "size": "2Gi"})).changes
