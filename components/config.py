@@ -111,6 +111,9 @@ class ImageSpec(_Model):
     #: Push the built image to ``repository``'s registry (needed when the cluster's nodes do not
     #: share the Docker engine that builds it). Credentials come from the engine's docker login.
     push: bool = False
+    #: Release label of the runtime image (build argument ``REVISION``, the OCI revision label),
+    #: e.g. the commit it was built from; part of the tag, like every build input.
+    revision: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
 
     @field_validator("name", "repository", "base_image")
@@ -205,6 +208,14 @@ class StorageSpec(_Model):
     kind: Literal["persistent", "ephemeral"] = "persistent"
     size: str = "10Gi"
     storage_class: Optional[str] = None
+    #: Kubernetes: ``ReadWriteOnce`` (stratum-0 pods run on the writer's node, by pod affinity)
+    #: or ``ReadWriteMany`` (stratum-0 pods spread over nodes).
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = "ReadWriteOnce"
+    #: A persistent data store is protected and retained on delete: a change of one of its
+    #: identity inputs (name, namespace, kind, storage class, access mode; Docker: driver
+    #: options) would replace it, which fails ``pulumi preview``. ``true`` allows that replace,
+    #: and with it the loss of the data. Set it for one ``pulumi up``, then remove it.
+    allow_replace: bool = False
 
     @field_validator("size")
     @classmethod
@@ -302,6 +313,14 @@ class ImportedKeySpec(_Model):
         return value
 
 
+class KeysSpec(_Model):
+    """How the generated repository keys are held in the stack."""
+
+    #: ``protect`` the generated keys (and so the repository identity clients trust): deleting or
+    #: replacing them, ``pulumi destroy`` included, then needs ``pulumi state unprotect``.
+    protect: bool = True
+
+
 class LimitsSpec(_Model):
     """Upload limits enforced by the upload service."""
 
@@ -336,15 +355,30 @@ class DockerSpec(_Model):
     #: Host address the published ports bind to; ``0.0.0.0`` to serve other machines.
     bind_address: str = "127.0.0.1"
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+    #: json-file log rotation of every container: size of one file, files kept.
+    log_max_size: str = Field("10m", pattern=r"^[0-9]+[kmg]$")
+    log_max_files: int = Field(3, ge=1, le=100)
 
 
 class IngressSpec(_Model):
-    """An optional Ingress in front of stratum 0, the gateway and the upload API."""
+    """An optional Ingress in front of stratum 0, the gateway and the upload API.
+
+    Two Ingress objects, because ingress-nginx annotations apply per object: one for stratum 0
+    and the upload API (request buffering off, no body size limit: uploads stream through), one
+    for the notification subscriptions (long read timeout, no response buffering).
+    """
 
     host: str
     class_name: Optional[str] = None
     tls_secret_name: Optional[str] = None
+    #: Extra annotations of both objects (they override the defaults above).
     annotations: dict[str, str] = Field(default_factory=dict)
+    #: How long a notification stream may stay idle at the ingress (the gateway's keep-alives
+    #: come much more often).
+    notifications_timeout_s: int = Field(3600, ge=60, le=86400)
+    #: Also route the admin routes (``/clean``, ``/gc``, ``/resign``, ``/housekeeping``) and
+    #: ``/metrics`` to the public host. Off: they stay reachable inside the cluster only.
+    expose_admin: bool = False
 
     @field_validator("host")
     @classmethod
@@ -354,14 +388,69 @@ class IngressSpec(_Model):
         return value
 
 
+class ParentRefSpec(_Model):
+    """A Gateway API parent (the Gateway the HTTPRoute attaches to)."""
+
+    name: str
+    namespace: Optional[str] = None
+    section_name: Optional[str] = None
+
+
+class HTTPRouteSpec(_Model):
+    """A Gateway API ``HTTPRoute`` (gateway.networking.k8s.io/v1), beside or instead of Ingress."""
+
+    parent_refs: list[ParentRefSpec] = Field(min_length=1)
+    hostnames: list[str] = Field(default_factory=list)
+    #: Route the admin routes and ``/metrics`` too (see ``IngressSpec.exposeAdmin``).
+    expose_admin: bool = False
+
+    @field_validator("hostnames")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not HOST_RE.match(host):
+                raise ValueError(f"{host!r} is not a DNS host name")
+        return value
+
+
+class NetworkPolicySpec(_Model):
+    """NetworkPolicies: only the ingress controller and the maintenance jobs reach the upload
+    API; only the upload service (and the ingress controller, for subscriptions) reach the
+    gateway, whose publish route the Ingress does not expose. Stratum 0 stays open."""
+
+    enabled: bool = True
+    #: Namespace of the ingress controller (or Gateway implementation) pods.
+    ingress_namespace: str = "ingress-nginx"
+
+
 class KubernetesSpec(_Model):
     """Kubernetes target options."""
 
     namespace: Optional[str] = None
     create_namespace: bool = True
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    #: Annotations per Service (``stratum0``, ``upload``, ``gateway``): load balancer settings...
+    service_annotations: dict[Literal["stratum0", "upload", "gateway"], dict[str, str]] = Field(
+        default_factory=dict
+    )
     ingress: Optional[IngressSpec] = None
+    http_route: Optional[HTTPRouteSpec] = None
     image_pull_secrets: list[str] = Field(default_factory=list)
+    #: The cluster's DNS domain (internal URLs are ``<service>.<namespace>.svc.<domain>``).
+    cluster_domain: str = "cluster.local"
+    #: Replicas of the read path (nginx serving the data volume read-only); persistent storage.
+    stratum0_replicas: int = Field(2, ge=2, le=50)
+    network_policy: NetworkPolicySpec = NetworkPolicySpec()
+    #: Name of a local kind cluster: the built image is loaded into it (``kind load
+    #: docker-image``) before the workloads are created, so nothing is pushed.
+    kind_cluster: Optional[str] = None
+
+    @field_validator("cluster_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not HOST_RE.match(value):
+            raise ValueError(f"{value!r} is not a DNS domain such as 'cluster.local'")
+        return value
 
     @field_validator("namespace")
     @classmethod
@@ -486,6 +575,7 @@ class StackConfig(_Model):
     maintenance_token: Optional[str] = Field(None, min_length=16)
     oidc: OidcSpec = OidcSpec()
     imported_keys: dict[str, ImportedKeySpec] = Field(default_factory=dict)
+    keys: KeysSpec = KeysSpec()
     limits: LimitsSpec = LimitsSpec()
     signing: SigningSpec = SigningSpec()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -519,6 +609,11 @@ class StackConfig(_Model):
         for fqrn in self.imported_keys:
             if fqrn not in names:
                 raise ValueError(f"importedKeys names {fqrn!r}, which is not in repositories")
+        if self.kubernetes.kind_cluster is not None and self.image.push:
+            raise ValueError(
+                "kubernetes.kindCluster loads the locally built image into the cluster: "
+                "set image.push to false"
+            )
         for i, token in enumerate(self.tokens):
             if token.repository is not None and token.repository not in names:
                 raise ValueError(

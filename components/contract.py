@@ -31,6 +31,12 @@ HEALTH_PATH = "/healthz"
 #: Small script in the image: exit 0 when ``http://127.0.0.1:<port>/healthz`` answers 200.
 HEALTHCHECK = "cvmfs-ephemeral-healthcheck"
 
+#: How long the runtime drains in-flight requests after SIGTERM (uvicorn's graceful shutdown).
+DRAIN_S = 60
+#: How long a platform waits after SIGTERM before it kills a container: the drain plus margin,
+#: so that a replacement lets in-flight uploads finish instead of cutting them.
+STOP_GRACE_S = DRAIN_S + 30
+
 ENV_PREFIX = "CVMFS_EPHEMERAL_"
 #: The variable that tells the maintenance scheduler where its token file is (Docker target).
 TOKEN_FILE_ENV = f"{ENV_PREFIX}TOKEN_FILE"

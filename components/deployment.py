@@ -20,7 +20,7 @@ from .client_config import client_config
 from .config import StackConfig
 from .gateway import Gateway, GatewayArgs
 from .image import RuntimeImage, RuntimeImageArgs
-from .keys import RepositoryKeys, RepositoryKeysArgs
+from .keys import RepositoryKeys, RepositoryKeysArgs, logical_name
 from .maintenance import MaintenanceJobs, MaintenanceJobsArgs
 from .site_cache import SiteCache, SiteCacheArgs
 from .stratum1 import stratum1_outputs
@@ -88,9 +88,18 @@ class Deployment(pulumi.ComponentResource):
 
         keys = {
             repo.fqrn: RepositoryKeys(
-                f"{name}-{repo.fqrn}",
-                RepositoryKeysArgs(fqrn=repo.fqrn, imported=config.imported_keys.get(repo.fqrn)),
-                opts=child,
+                logical_name(repo.fqrn),
+                RepositoryKeysArgs(
+                    fqrn=repo.fqrn,
+                    imported=config.imported_keys.get(repo.fqrn),
+                    protect=config.keys.protect,
+                    legacy_prefix=name,
+                ),
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    # The component's own old name (``<name>-<fqrn>``), so its URN carries over.
+                    aliases=[pulumi.Alias(name=f"{name}-{repo.fqrn}")],
+                ),
             )
             for repo in config.repositories
         }
@@ -129,16 +138,20 @@ class Deployment(pulumi.ComponentResource):
         )
 
         target.prepare(self)
+        # Every workload runs the immutable reference; `image.ref` may be a tag.
+        runtime_image = target.deployable_image("runtime", image.ref, self)
+        # The read path runs the stratum0 stage: a runtime change does not replace it.
+        stratum0_image = target.deployable_image("stratum0", image.stratum0_ref, self)
         stratum0 = Stratum0(
             f"{name}-stratum0",
-            Stratum0Args(target=target, image=image.ref, resources=config.resources.stratum0),
+            Stratum0Args(target=target, image=stratum0_image, resources=config.resources.stratum0),
             opts=child,
         )
         gateway = Gateway(
             f"{name}-gateway",
             GatewayArgs(
                 target=target,
-                image=image.ref,
+                image=runtime_image,
                 resources=config.resources.gateway,
                 repositories_json=repositories_json,
                 stratum0_url=f"{stratum0.internal_url}/cvmfs",
@@ -154,7 +167,8 @@ class Deployment(pulumi.ComponentResource):
                 f"{name}-site-cache",
                 SiteCacheArgs(
                     target=target,
-                    image=image.ref,
+                    # squid comes with the base image; the stratum0 stage rolls only with it
+                    image=stratum0_image,
                     spec=config.site_cache,
                     stratum0_internal_url=stratum0.internal_url,
                     stratum0_public_url=stratum0_public,
@@ -167,7 +181,7 @@ class Deployment(pulumi.ComponentResource):
             UploadServiceArgs(
                 target=target,
                 config=config,
-                image=image.ref,
+                image=runtime_image,
                 repositories_json=repositories_json,
                 gateway_api_url=f"{gateway.internal_url}/api/v1",
                 public_url=stratum0_public,
@@ -180,7 +194,7 @@ class Deployment(pulumi.ComponentResource):
             f"{name}-maintenance",
             MaintenanceJobsArgs(
                 target=target,
-                image=image.ref,
+                image=runtime_image,
                 upload_url=upload.internal_url,
                 schedules=config.schedules,
                 token=admin_token,
@@ -199,7 +213,7 @@ class Deployment(pulumi.ComponentResource):
             )
         if config.verify.enabled and check_url is not None:
             ready = list(target.ready())
-            triggers: list[pulumi.Input[object]] = [image.ref]
+            triggers: list[pulumi.Input[object]] = [runtime_image, stratum0_image]
             triggers.extend(r.id for r in ready if isinstance(r, pulumi.CustomResource))
             for fqrn, repo_keys in keys.items():
                 PostDeployCheck(
@@ -228,7 +242,7 @@ class Deployment(pulumi.ComponentResource):
             endpoints["siteCache"] = site_cache.proxy_url
         self.outputs = {
             "target": config.target,
-            "image": image.ref,
+            "image": runtime_image,
             "endpoints": endpoints,
             "repositories": {
                 fqrn: {
@@ -249,6 +263,18 @@ class Deployment(pulumi.ComponentResource):
             "publicKeys": {fqrn: k.public_key_pem for fqrn, k in keys.items()},
             "stratum1": stratum1_outputs(
                 config, stratum0_public, {f: k.public_key_pem for f, k in keys.items()}
+            ),
+            # The private keys, for escrow only (components/escrow.py): a secret output in the
+            # shape of `importedKeys`, so a backup restores into a new stack as is.
+            "keyEscrow": pulumi.Output.secret(
+                {
+                    fqrn: {
+                        "masterKey": k.master_key_pem,
+                        "repositoryKey": k.repository_key_pem,
+                        "certificate": k.certificate_pem,
+                    }
+                    for fqrn, k in keys.items()
+                }
             ),
             "uploadTokens": pulumi.Output.secret(
                 pulumi.Output.all(*(t for t, _ in upload_tokens))

@@ -7,6 +7,13 @@ whitelist and its public half ``<fqrn>.pub`` is what clients trust; ``<fqrn>.key
 and ``<fqrn>.crt`` is its self-signed certificate, whose SHA-1 fingerprint the whitelist lists.
 
 An existing repository's keys can be imported from secret config instead (``importedKeys``).
+
+Why durable names and ``protect``: the keys ARE the repository's identity for every client that
+trusts ``<fqrn>.pub``. Their logical names therefore depend on the repository name only (never on
+the stack's ``name``), with an alias to the old ``<name>-<fqrn>-…`` names so that existing stacks
+keep their URNs; and they are protected (``keys.protect``, on by default), so neither a refactor
+nor ``pulumi destroy`` can silently make new ones. ``components/escrow.py`` exports them for
+backup and turns a backup back into ``importedKeys``.
 """
 
 from __future__ import annotations
@@ -53,6 +60,15 @@ class RepositoryKeysArgs:
     fqrn: str
     #: Keys of an existing repository; ``None`` generates new ones with pulumi-tls.
     imported: Optional[ImportedKeySpec] = None
+    #: ``protect`` the generated keys: deleting or replacing them needs ``pulumi state unprotect``.
+    protect: bool = True
+    #: The stack's ``name`` before keys got durable names: the prefix of their old logical names.
+    legacy_prefix: Optional[str] = None
+
+
+def logical_name(fqrn: str) -> str:
+    """The component's logical name: the repository name alone, so renames keep the keys."""
+    return f"keys-{fqrn}"
 
 
 def _public_key_from_private(pem: str, where: str) -> str:
@@ -103,23 +119,34 @@ class RepositoryKeys(pulumi.ComponentResource):
     ) -> None:
         super().__init__(TYPE, name, None, opts)
         self.fqrn = args.fqrn
-        child = pulumi.ResourceOptions(parent=self)
+
+        def child(part: str) -> pulumi.ResourceOptions:
+            # A URN is the parents' types plus the resource's own name, so an alias with the old
+            # name (same parent types) is exactly the URN existing stacks have.
+            aliases = (
+                [pulumi.Alias(name=f"{args.legacy_prefix}-{args.fqrn}-{part}")]
+                if args.legacy_prefix
+                else None
+            )
+            return pulumi.ResourceOptions(parent=self, protect=args.protect, aliases=aliases)
+
         if args.imported is None:
             master = tls.PrivateKey(
-                f"{name}-master-key", algorithm="RSA", rsa_bits=2048, opts=child
+                f"{args.fqrn}-master-key", algorithm="RSA", rsa_bits=2048, opts=child("master-key")
             )
             repository = tls.PrivateKey(
-                f"{name}-repository-key", algorithm="RSA", rsa_bits=2048, opts=child
+                f"{args.fqrn}-repository-key", algorithm="RSA", rsa_bits=2048,
+                opts=child("repository-key"),
             )
             cert = tls.SelfSignedCert(
-                f"{name}-certificate",
+                f"{args.fqrn}-certificate",
                 private_key_pem=repository.private_key_pem,
                 subject=tls.SelfSignedCertSubjectArgs(
                     common_name=certificate_common_name(args.fqrn)
                 ),
                 validity_period_hours=CERT_VALIDITY_HOURS,
                 allowed_uses=["digital_signature"],
-                opts=child,
+                opts=child("certificate"),
             )
             self.master_key_pem = pulumi.Output.secret(master.private_key_pem)
             self.repository_key_pem = pulumi.Output.secret(repository.private_key_pem)

@@ -2,8 +2,10 @@
 
 The jobs call the upload service's admin routes through the runtime CLI
 (``runtime clean|gc|resign --url …``), so they need only the URL and the admin token, never the
-data volume or the keys. Kubernetes runs them as CronJobs on the configured cron schedules; Docker
-runs the runtime's scheduler, with intervals derived from the same schedules.
+data volume or the keys. Kubernetes runs gc and resign as CronJobs on the configured cron
+schedules, and ``clean`` in the upload service's own scheduler (``Target.embedded_jobs``: a pod
+every minute is not worth it); Docker runs the runtime's scheduler for all three, with intervals
+derived from the same schedules.
 """
 
 from __future__ import annotations

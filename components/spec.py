@@ -54,6 +54,9 @@ class ContainerSpec:
     data: Optional[DataMount] = None
     #: Probe path on ``port``; ``None`` for a container without HTTP (the scheduler).
     health_path: Optional[str] = "/healthz"
+    #: The signal that makes the process finish its requests and exit (nginx: SIGQUIT; its
+    #: SIGTERM is a fast shutdown). ``None``: SIGTERM, on which the runtime drains.
+    stop_signal: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ class Stratum0(pulumi.ComponentResource):
             resources=args.resources,
             data=DataMount(contract.DATA_DIR, read_only=True),
             health_path=contract.HEALTH_PATH,
+            # nginx's graceful shutdown: in-flight downloads finish.
+            stop_signal="SIGQUIT",
         )
         endpoint = args.target.stratum0(spec, self)
         self.internal_url = endpoint.internal_url

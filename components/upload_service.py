@@ -2,8 +2,10 @@
 
 ``runtime serve --role upload`` on port 8080: upload API, admin routes for maintenance, and the
 only writer of the data volume (shared read-only with stratum 0). Keys and tokens reach it as
-mounted files only. Its in-process scheduler is off: maintenance runs as separate jobs so that
-it is visible, schedulable and does not depend on this container's uptime.
+mounted files only. Its in-process scheduler runs the jobs the target embeds
+(``Target.embedded_jobs``: ``clean`` on Kubernetes, where a CronJob every minute would make
+1,440 pods a day) at the interval of their cron schedule; the other jobs run separately, so that
+they are visible, schedulable and do not depend on this container's uptime.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ class UploadServiceArgs:
     tokens_file: pulumi.Output[str]
 
 
+def embedded_scheduler(config: StackConfig, jobs: tuple[str, ...]) -> dict[str, object]:
+    """Scheduler settings of the upload service: on for ``jobs`` only (interval 0 disables)."""
+    if not jobs:
+        return {"scheduler": False}
+    out: dict[str, object] = {"scheduler": True}
+    for job in contract.MAINTENANCE_JOBS:
+        out[f"{job}_interval_s"] = config.schedules.interval_s(job) if job in jobs else 0
+    return out
+
+
 class UploadService(pulumi.ComponentResource):
     """The upload service."""
 
@@ -68,7 +80,7 @@ class UploadService(pulumi.ComponentResource):
                 gc_grace_s=config.signing.gc_grace_s,
                 whitelist_validity_days=config.signing.whitelist_validity_days,
                 resign_below_days=config.signing.resign_below_days,
-                scheduler=False,
+                **embedded_scheduler(config, args.target.embedded_jobs),
                 log_level=config.log_level,
             ),
             port=contract.UPLOAD_PORT,

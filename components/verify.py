@@ -11,6 +11,7 @@ upload service creates the repositories at start.
 from __future__ import annotations
 
 import shlex
+import sys
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -18,12 +19,16 @@ import pulumi
 import pulumi_command as command
 
 TYPE = "cvmfs-ephemeral:index:PostDeployCheck"
+#: The interpreter the check runs the runtime CLI with.
+PYTHON_ENV = "CVMFS_EPHEMERAL_PYTHON"
 
 
 def verify_script(url: str, fqrn: str, timeout_s: int) -> str:
     """POSIX shell: read the public key from stdin, then retry ``runtime verify`` until it passes.
 
-    Uses the project's virtualenv when present (``pulumi up`` runs in the project directory).
+    Runs the runtime with ``$CVMFS_EPHEMERAL_PYTHON``: the interpreter running the Pulumi
+    program (``sys.executable``), which has the project's dependencies wherever its virtualenv
+    lives; ``python3`` only when the variable is unset.
     """
     verify = (
         f'"$py" -m runtime verify --url {shlex.quote(url)} --fqrn {shlex.quote(fqrn)} '
@@ -32,7 +37,7 @@ def verify_script(url: str, fqrn: str, timeout_s: int) -> str:
     return "\n".join(
         [
             "set -u",
-            'py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python',
+            'py="${CVMFS_EPHEMERAL_PYTHON:-python3}"',
             'key=$(mktemp); trap \'rm -f "$key"\' EXIT; cat > "$key"',
             f"deadline=$(( $(date +%s) + {int(timeout_s)} ))",
             "while :; do",
@@ -74,6 +79,7 @@ class PostDeployCheck(pulumi.ComponentResource):
             name,
             create=verify_script(args.url, args.fqrn, args.timeout_s),
             stdin=args.public_key_pem,
+            environment={PYTHON_ENV: sys.executable},
             triggers=list(args.triggers),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )

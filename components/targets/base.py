@@ -1,9 +1,10 @@
 """The interface every deployment target offers the concept components.
 
 A target turns platform-neutral specs (``components/spec.py``) into platform resources. The
-concept components call it in dependency order: ``prepare``, then ``stratum0``, ``gateway``,
-``upload``, ``maintenance``. On Kubernetes, nginx runs as a sidecar of the upload pod, so
-``stratum0`` must come before ``upload``; each target documents what it creates.
+concept components call it in dependency order: ``prepare``, ``deployable_image``, then
+``stratum0``, ``gateway``, ``upload``, ``maintenance``. On Kubernetes with ephemeral storage,
+nginx runs as a sidecar of the upload pod, so ``stratum0`` must come before ``upload``; each
+target documents what it creates.
 """
 
 from __future__ import annotations
@@ -33,12 +34,20 @@ class Target(Protocol):
     """A platform that runs the runtime image: Docker or Kubernetes."""
 
     kind: str
+    #: Maintenance jobs the upload service's own scheduler runs (the others run as jobs).
+    embedded_jobs: tuple[str, ...]
 
     def internal_url(self, role: ServiceRole) -> str:
         """Base URL of a service as other containers of the deployment reach it."""
 
     def prepare(self, parent: pulumi.Resource) -> None:
         """Shared infrastructure: network or namespace, the repository data storage."""
+
+    def deployable_image(
+        self, stage: str, ref: pulumi.Output[str], parent: pulumi.Resource
+    ) -> pulumi.Output[str]:
+        """The immutable reference workloads run for the image ``ref`` (a digest or image id
+        where the platform has one), ordered after whatever makes the image available."""
 
     def stratum0(self, spec: ContainerSpec, parent: pulumi.Resource) -> Endpoint:
         """Run nginx serving the data volume read-only."""

@@ -2,11 +2,16 @@
 
 What it creates (``<name>`` is the stack's ``name``):
 
+- ``docker.RemoteImage`` ``<name>-runtime-image`` and ``<name>-stratum0-image``: the image ids
+  the engine holds for the built (or pulled) references; containers run those ids;
 - network ``<name>``; each container joins it under its role as alias (``stratum0``, ``upload``,
   ``gateway``), which is how the containers find each other;
 - volume ``<name>-data``: the repository data, read-write in ``upload`` and read-only in
-  ``stratum0`` (a local volume, or a tmpfs volume for ``storage.kind: ephemeral``);
-- per container with key or token files, a volume ``<name>-<role>-files`` mounted read-only on
+  ``stratum0`` (a local volume, or a tmpfs volume for ``storage.kind: ephemeral``). A persistent
+  one is protected and retained on delete unless ``storage.allowReplace``: its identity inputs
+  (name, driver, driver options, labels) all force a replace, which would drop the data;
+- per container with key or token files, a volume ``<name>-<role>-files-<digest>`` (the digest of
+  the file names: a removed repository's keys leave with the old volume) mounted read-only on
   ``/etc/cvmfs-ephemeral``. The files get there through a loader container
   ``<name>-<role>-files`` (created, never started, no network) that receives them as the
   provider's ``uploads``, owned by the runtime user, mode 0400 (0444 for public keys): the
@@ -14,14 +19,22 @@ What it creates (``<name>`` is the stack's ``name``):
   filesystem. Secrets never become environment variables, labels or image layers;
 - containers ``<name>-stratum0`` (nginx), ``<name>-gateway``, ``<name>-upload`` and
   ``<name>-maintenance`` (the runtime's scheduler): user 10001, read-only root filesystem, a tmpfs
-  on /tmp, all capabilities dropped, ``no-new-privileges``, a restart policy, a health check;
+  on /tmp, all capabilities dropped, ``no-new-privileges``, a restart policy, a health check,
+  rotated json-file logs, and a stop grace longer than the runtime's drain;
 - with ``siteCache.enabled``: container ``<name>-site-cache`` (squid, alias ``site-cache``), its
   files volume and the disk-cache volume ``<name>-site-cache`` (see ``site_cache``).
+
+Every resource with a fixed engine name (network, volumes, containers) is
+``delete_before_replace``: Docker refuses a second network or container of the same name, and
+``docker volume create`` silently returns the existing volume of that name, which Pulumi would
+then delete as "the old one".
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
+
+import hashlib
 
 import pulumi
 import pulumi_docker as docker
@@ -29,6 +42,7 @@ import pulumi_docker as docker
 from .. import contract
 from ..config import StackConfig, quantity_bytes
 from ..spec import CacheSpec, ContainerSpec, Endpoint, FileSet, MaintenanceSpec
+from ..store_guard import DataStoreGuard, DataStoreGuardArgs
 from .base import ServiceRole, configured_public_url
 
 #: Mount options of the per-container /tmp.
@@ -40,6 +54,8 @@ class DockerTarget:
     """Deploys the specs as Docker containers on the provider's engine."""
 
     kind = "docker"
+    #: The maintenance container runs all three jobs (one scheduler for the deployment).
+    embedded_jobs: tuple[str, ...] = ()
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -82,7 +98,7 @@ class DockerTarget:
         ]
 
     def prepare(self, parent: pulumi.Resource) -> None:
-        opts = pulumi.ResourceOptions(parent=parent)
+        opts = pulumi.ResourceOptions(parent=parent, delete_before_replace=True)
         self.network = docker.Network(
             self.name,
             name=self.name,
@@ -100,6 +116,23 @@ class DockerTarget:
                 "device": "tmpfs",
                 "o": f"size={size},uid={contract.UID},gid={contract.GID},mode=0750",
             }
+        # The data outlives the stack's resources: protected against a replace (which fails
+        # preview) and kept by `pulumi destroy`, unless the configuration allows its loss. The
+        # guard says which configuration change would replace it, before the engine refuses.
+        durable = storage.kind == "persistent" and not storage.allow_replace
+        guard = DataStoreGuard(
+            f"{self.name}-data-guard",
+            DataStoreGuardArgs(
+                store=f"docker volume {self.name}-data",
+                identity={
+                    "kind": storage.kind,
+                    "name": f"{self.name}-data",
+                    "driverOpts": driver_opts or {},
+                },
+                allow_replace=storage.allow_replace,
+            ),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
         self.data_volume = docker.Volume(
             f"{self.name}-data",
             name=f"{self.name}-data",
@@ -109,8 +142,26 @@ class DockerTarget:
                 docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
                 docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.storage", value=storage.kind),
             ],
-            opts=opts,
+            opts=pulumi.ResourceOptions.merge(
+                opts,
+                pulumi.ResourceOptions(
+                    protect=durable, retain_on_delete=durable, depends_on=[guard]
+                ),
+            ),
         )
+
+    def deployable_image(
+        self, stage: str, ref: pulumi.Output[str], parent: pulumi.Resource
+    ) -> pulumi.Output[str]:
+        """The image id on the engine: a rebuilt tag (or a pulled digest) is a new id, so the
+        containers are replaced whenever what they would run changes."""
+        image = docker.RemoteImage(
+            f"{self.name}-{stage}-image",
+            name=ref,
+            keep_locally=True,
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        return image.image_id
 
     # -- containers ---------------------------------------------------------------------------
     def _container(
@@ -127,6 +178,7 @@ class DockerTarget:
         files: list[FileSet],
         data: Optional[tuple[str, bool]],
         health_port: Optional[int],
+        stop_signal: Optional[str] = None,
     ) -> docker.Container:
         assert self.network is not None and self.data_volume is not None, "prepare() first"
         volumes: list[docker.ContainerVolumeArgs] = []
@@ -197,7 +249,19 @@ class DockerTarget:
             wait=health_port is not None,
             wait_timeout=120 if health_port is not None else None,
             must_run=True,
-            opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on),
+            # SIGTERM, then the runtime drains for DRAIN_S: kill only after that (on replace,
+            # destroy, and any `docker stop`).
+            destroy_grace_seconds=contract.STOP_GRACE_S,
+            stop_timeout=contract.STOP_GRACE_S,
+            stop_signal=stop_signal,
+            log_driver="json-file",
+            log_opts={
+                "max-size": self.config.docker.log_max_size,
+                "max-file": str(self.config.docker.log_max_files),
+            },
+            opts=pulumi.ResourceOptions(
+                parent=parent, depends_on=depends_on, delete_before_replace=True
+            ),
         )
         self.containers.append(container)
         return container
@@ -211,10 +275,14 @@ class DockerTarget:
         for a read-only root filesystem. So the files go through this loader (created, never
         started, no network) into ``<name>-<role>-files``, which the service mounts read-only.
         """
-        opts = pulumi.ResourceOptions(parent=parent)
+        opts = pulumi.ResourceOptions(parent=parent, delete_before_replace=True)
+        listing = sorted(f"{fs.directory}/{f}" for fs in files for f in fs.files)
+        digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()[:8]
         volume = docker.Volume(
             f"{self.name}-{role}-files",
-            name=f"{self.name}-{role}-files",
+            # A new file list (a repository removed) makes a new, empty volume, so files that are
+            # no longer declared (a removed repository's private keys) leave with the old one.
+            name=f"{self.name}-{role}-files-{digest}",
             driver="local",
             labels=[
                 docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
@@ -270,6 +338,7 @@ class DockerTarget:
             files=spec.files,
             data=(spec.data.path, spec.data.read_only) if spec.data else None,
             health_port=spec.port if spec.health_path else None,
+            stop_signal=spec.stop_signal,
         )
         return Endpoint(internal_url=self.internal_url(role), public_url=self._public_url(role))
 
@@ -313,7 +382,8 @@ class DockerTarget:
         replacement), the same hardening as every container; published on ``siteCache.port``."""
         assert self.network is not None, "prepare() first"
         role = "site-cache"
-        opts = pulumi.ResourceOptions(parent=parent)
+        # fixed engine names: delete before replace (see the module docstring)
+        opts = pulumi.ResourceOptions(parent=parent, delete_before_replace=True)
         loader = self._files_loader(role, spec.image, [spec.config], parent)
         volumes = [
             docker.ContainerVolumeArgs(
@@ -377,7 +447,14 @@ class DockerTarget:
             wait=True,
             wait_timeout=120,
             must_run=True,
-            opts=pulumi.ResourceOptions(parent=parent, depends_on=[loader.container]),
+            log_driver="json-file",
+            log_opts={
+                "max-size": self.config.docker.log_max_size,
+                "max-file": str(self.config.docker.log_max_files),
+            },
+            opts=pulumi.ResourceOptions(
+                parent=parent, depends_on=[loader.container], delete_before_replace=True
+            ),
         )
         self.containers.append(container)
         public = site.public_url or f"http://localhost:{site.port}"

@@ -95,6 +95,14 @@ def container_options(inputs: dict) -> list[str]:
             args += ["--health-retries", str(health["retries"])]
     if inputs.get("memory"):
         args += ["--memory", f"{inputs['memory']}m"]
+    if inputs.get("stopSignal"):
+        args += ["--stop-signal", inputs["stopSignal"]]
+    if inputs.get("stopTimeout") is not None:
+        args += ["--stop-timeout", str(inputs["stopTimeout"])]
+    if inputs.get("logDriver"):
+        args += ["--log-driver", inputs["logDriver"]]
+    for key, value in sorted((inputs.get("logOpts") or {}).items()):
+        args += ["--log-opt", f"{key}={value}"]
     for label in inputs.get("labels", []):
         args += ["--label", f"{label['label']}={label['value']}"]
     for env in inputs.get("envs", []):
@@ -146,3 +154,96 @@ def wait_healthy(name: str, timeout_s: float = 120) -> None:
                 + logs.stdout.decode(errors="replace") + logs.stderr.decode(errors="replace")
             )
         time.sleep(1)
+
+
+def build_images(program, timeout: int = 1800) -> dict[str, str]:
+    """``docker build`` every declared docker.Image as the provider would (context, Dockerfile,
+    build args, target stage, tag); returns tag → image id, what the engine then holds."""
+    import os
+
+    ids = {}
+    for image in program.of_type("docker:index/image:Image"):
+        inputs = image.inputs
+        build = inputs["build"]
+        args = [f"--build-arg={k}={v}" for k, v in sorted(build.get("args", {}).items())]
+        if build.get("target"):
+            args += ["--target", build["target"]]
+        subprocess.run(
+            ["docker", "build", "-q", *args, "-f", build["dockerfile"], "-t", inputs["imageName"],
+             build["context"]],
+            cwd=program_root(), check=True, timeout=timeout, capture_output=True,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        )
+        ids[inputs["imageName"]] = image_id(inputs["imageName"])
+    return ids
+
+
+def program_root():
+    from harness import REPO_ROOT
+
+    return REPO_ROOT
+
+
+def image_id(reference: str) -> str:
+    return docker("image", "inspect", "--format", "{{.Id}}", reference).stdout.decode().strip()
+
+
+def remove_container(inputs: dict) -> None:
+    """Delete as the provider does with ``destroy_grace_seconds``: stop (SIGTERM, then SIGKILL
+    after the grace), then remove."""
+    grace = inputs.get("destroyGraceSeconds")
+    if grace:
+        docker("stop", "--time", str(grace), inputs["name"], check=False, timeout=grace + 60)
+    docker("rm", "-f", inputs["name"], check=False)
+
+
+SERVICE_ORDER = ("stratum0", "gateway", "upload", "maintenance")
+
+
+def apply_update(old, new, before_replace=None) -> dict[str, str]:
+    """Apply ``new`` over the running ``old`` deployment the way the engine would with the
+    options the Docker target declares: unchanged resources are kept; a changed fixed-name
+    resource is deleted before its replacement is created (``delete_before_replace``); a
+    retained volume is never deleted. Returns container name → "kept" | "replaced" | "created".
+
+    ``before_replace(name)`` is called just before a running container is stopped.
+    """
+    def by_name(program, typ):
+        return {r.inputs["name"]: r for r in program.of_type(typ)}
+
+    actions: dict[str, str] = {}
+    old_volumes = by_name(old, "docker:index/volume:Volume")
+    for name, volume in by_name(new, "docker:index/volume:Volume").items():
+        if name in old_volumes and old_volumes[name].inputs == volume.inputs:
+            continue
+        assert not (old_volumes.get(name) and old_volumes[name].opts.protect), (
+            f"{name}: a protected volume would be replaced (the engine refuses)")
+        create_volume(volume.inputs)
+    old_containers = by_name(old, "docker:index/container:Container")
+    new_containers = by_name(new, "docker:index/container:Container")
+
+    def order(name: str) -> tuple[int, str]:
+        loader = name.endswith("-files")
+        role = name.split("-")[-2 if loader else -1]
+        return (0 if loader else 1 + SERVICE_ORDER.index(role), name)
+
+    for name in sorted(new_containers, key=order):
+        inputs = new_containers[name].inputs
+        before = old_containers.get(name)
+        if before is not None and before.inputs == inputs:
+            actions[name] = "kept"
+            continue
+        if before is not None:
+            assert new_containers[name].opts.delete_before_replace, name
+            if before_replace is not None and before.inputs.get("start") is not False:
+                before_replace(name)
+            remove_container(before.inputs)
+        create_container(inputs)
+        if inputs.get("start") is not False:
+            docker("start", name)
+        actions[name] = "replaced" if before is not None else "created"
+    # Volumes the new program no longer declares (a loader's old file list) go, unless retained.
+    for name, volume in old_volumes.items():
+        if name not in by_name(new, "docker:index/volume:Volume") and not volume.opts.retain_on_delete:
+            docker("volume", "rm", "-f", name, check=False)
+    return actions

@@ -79,8 +79,20 @@ def self_signed_pem(private_pem: str, common_name: str, hours: int) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def fake_digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 class ProviderMocks(pulumi.runtime.Mocks):
-    """Stand-ins for the providers (tls, random, docker, kubernetes, command)."""
+    """Stand-ins for the providers (tls, random, docker, kubernetes, command).
+
+    ``image_ids``: what the Docker engine holds (reference → image id), for tests that run the
+    declared containers on a real engine; other references get a made-up id, as a registry would.
+    """
+
+    def __init__(self, image_ids: Optional[dict[str, str]] = None) -> None:
+        super().__init__()
+        self.image_ids = dict(image_ids or {})
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
         inputs = plain(args.inputs)
@@ -95,6 +107,13 @@ class ProviderMocks(pulumi.runtime.Mocks):
             )
         elif args.typ == "random:index/randomPassword:RandomPassword":
             outputs["result"] = hashlib.sha256(args.name.encode()).hexdigest()[:48]
+        elif args.typ == "docker:index/image:Image":
+            # As the provider: a pushed image has a repository digest, a local one has none.
+            if not inputs.get("skipPush"):
+                repository = inputs["imageName"].rsplit(":", 1)[0]
+                outputs["repoDigest"] = f"{repository}@{fake_digest(inputs['imageName'])}"
+        elif args.typ == "docker:index/remoteImage:RemoteImage":
+            outputs["imageId"] = self.image_ids.get(inputs["name"]) or fake_digest(inputs["name"])
         elif args.typ == "command:local:Command":
             outputs.update(stdout="revision 1", stderr="")
         elif args.typ.startswith("kubernetes:"):
@@ -137,6 +156,10 @@ class RecordingMonitor(pmocks.MockMonitor):
                 raw=raw,
                 depends_on=list(request.dependencies),
                 additional_secret_outputs=list(request.additionalSecretOutputs),
+                alias_specs=[
+                    _clean(json_format.MessageToDict(a, preserving_proto_field_name=True))
+                    for a in request.aliases
+                ],
             )
         )
         return super().RegisterResource(request)
@@ -182,6 +205,11 @@ class Resource:
     raw: dict
     depends_on: list[str] = field(default_factory=list)
     additional_secret_outputs: list[str] = field(default_factory=list)
+    #: The aliases as sent to the engine (``Alias.Spec``: name, type, parent...).
+    alias_specs: list[dict] = field(default_factory=list)
+    #: The ``pulumi.ResourceOptions`` the program passed (recorded by wrapping
+    #: ``pulumi.Resource.__init__``): protect, retain_on_delete, aliases, delete_before_replace...
+    opts: pulumi.ResourceOptions = field(default_factory=pulumi.ResourceOptions)
 
     @property
     def inputs(self) -> dict:
@@ -217,15 +245,19 @@ def _config_value(value: Any) -> str:
 
 
 def run_program(
-    config: dict[str, Any], secret: Optional[set[str]] = None, stack: str = "test"
+    config: dict[str, Any],
+    secret: Optional[set[str]] = None,
+    stack: str = "test",
+    image_ids: Optional[dict[str, str]] = None,
 ) -> Program:
     """Run ``__main__.py`` with ``config`` (keys without namespace) and return what it declared.
 
     ``secret``: the keys set as secrets; by default every key the program requires to be secret.
+    ``image_ids``: images the mocked Docker engine holds (see ``ProviderMocks``).
     """
     if secret is None:
         secret = {k for k in ("tokens", "maintenanceToken", "importedKeys") if k in config}
-    mocks = ProviderMocks()
+    mocks = ProviderMocks(image_ids)
     monitor = RecordingMonitor(mocks)
     psettings.set_root_resource(None)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
@@ -234,8 +266,20 @@ def run_program(
         {f"{PROJECT}:{k}": _config_value(v) for k, v in config.items()},
         [f"{PROJECT}:{k}" for k in secret],
     )
+    recorded: dict[tuple[str, str], pulumi.ResourceOptions] = {}
+    original_init = pulumi.Resource.__init__
+
+    def recording_init(self, t, name, custom, props=None, opts=None, *args, **kwargs):
+        recorded[(t, name)] = opts or pulumi.ResourceOptions()
+        original_init(self, t, name, custom, props, opts, *args, **kwargs)
+
+    pulumi.Resource.__init__ = recording_init
     try:
         _sync_await(run_in_stack(lambda: runpy.run_path(str(MAIN), run_name="__main__")))
     finally:
+        pulumi.Resource.__init__ = original_init
         psettings.set_root_resource(None)
+    for resource in monitor.registrations:
+        resource.opts = recorded.get((resource.type, resource.name), pulumi.ResourceOptions())
     return Program(resources=monitor.registrations, outputs_raw=monitor.outputs)
+

@@ -9,11 +9,16 @@ import pytest
 from components import contract
 from components.image import image_tag
 from conftest import ADMIN_TOKEN, FQRN, SCOPED_TOKEN, UPLOAD_TOKEN, docker_config
-from harness import run_program
+from harness import fake_digest, run_program
 from test_identity import EXPECTED_TOKENS_FILE
 
 CONTAINER = "docker:index/container:Container"
 VOLUME = "docker:index/volume:Volume"
+REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
+
+
+def files_volume(program, role: str) -> str:
+    return program.get(VOLUME, f"cvmfs-test-{role}-files").inputs["name"]
 
 
 def services(program):
@@ -44,7 +49,7 @@ def test_resources(docker_program):
         "cvmfs-test-upload-files",
     ]
     assert p.names("docker:index/network:Network") == ["cvmfs-test"]
-    assert p.names("docker:index/image:Image") == ["cvmfs-test-image"]
+    assert p.names("docker:index/image:Image") == ["cvmfs-test-image", "cvmfs-test-image-stratum0"]
     assert p.names("command:local:Command") == [
         "cvmfs-test-verify-ci.example.org", "cvmfs-test-verify-nightly.example.org",
     ]
@@ -79,9 +84,19 @@ def test_image_build_is_content_tagged(docker_program):
     assert image["build"]["context"] == "."
     assert image["build"]["dockerfile"] == "Dockerfile"
     assert image["build"]["args"] == {"BASE_IMAGE": "cvmfs-ephemeral-base:bookworm"}
+    assert image["build"]["target"] == "runtime"
     assert image["skipPush"] is True
+    stratum0 = docker_program.get("docker:index/image:Image", "cvmfs-test-image-stratum0").inputs
+    assert stratum0["build"]["target"] == "stratum0"
+    assert stratum0["imageName"] == f"cvmfs-ephemeral-stratum0:{image_tag(target='stratum0')}"
+    # Containers run the image id the engine has for the built tag, not the (mutable) tag.
+    pinned = docker_program.get(REMOTE_IMAGE, "cvmfs-test-runtime-image").inputs
+    assert pinned["name"] == image["imageName"] and pinned["keepLocally"] is True
+    pinned_s0 = docker_program.get(REMOTE_IMAGE, "cvmfs-test-stratum0-image").inputs
+    assert pinned_s0["name"] == stratum0["imageName"]
     for c in docker_program.of_type(CONTAINER):
-        assert c.inputs["image"] == image["imageName"]
+        expected = stratum0["imageName"] if c.name == "cvmfs-test-stratum0" else image["imageName"]
+        assert c.inputs["image"] == fake_digest(expected), c.name
 
 
 def test_common_hardening(docker_program):
@@ -109,10 +124,12 @@ def test_file_loaders(docker_program):
         assert i["networkMode"] == "none"
         assert i["user"] == "10001:10001"
         assert i["capabilities"] == {"drops": ["ALL"]}
-        assert i["volumes"] == [{"volumeName": f"cvmfs-test-{role}-files",
+        volume = files_volume(docker_program, role)
+        assert volume.startswith(f"cvmfs-test-{role}-files-")
+        assert i["volumes"] == [{"volumeName": volume,
                                  "containerPath": "/etc/cvmfs-ephemeral", "readOnly": False}]
         service = docker_program.get(CONTAINER, f"cvmfs-test-{role}")
-        assert {"volumeName": f"cvmfs-test-{role}-files", "containerPath": "/etc/cvmfs-ephemeral",
+        assert {"volumeName": volume, "containerPath": "/etc/cvmfs-ephemeral",
                 "readOnly": True} in service.inputs["volumes"]
         assert {"label": "io.cvmfs-ephemeral.files", "value": f"cvmfs-test-{role}-files-id"} in (
             service.inputs["labels"]
@@ -167,7 +184,8 @@ def test_upload_service(docker_program):
     ]
     assert c["volumes"] == [
         {"volumeName": "cvmfs-test-data", "containerPath": "/var/lib/cvmfs-ephemeral", "readOnly": False},
-        {"volumeName": "cvmfs-test-upload-files", "containerPath": "/etc/cvmfs-ephemeral", "readOnly": True},
+        {"volumeName": files_volume(docker_program, "upload"), "containerPath": "/etc/cvmfs-ephemeral",
+         "readOnly": True},
     ]
     loader = loader_of(docker_program, "upload")
     uploads = uploads_of(loader)
@@ -210,7 +228,7 @@ def test_gateway(docker_program):
         for suffix in (".pub", ".crt")
     }
     assert all(u["permissions"] == "0444" for u in uploads.values())
-    assert [v["volumeName"] for v in c["volumes"]] == ["cvmfs-test-gateway-files"]
+    assert [v["volumeName"] for v in c["volumes"]] == [files_volume(docker_program, "gateway")]
 
 
 def test_maintenance_scheduler(docker_program):
@@ -263,11 +281,17 @@ def test_post_deploy_check(docker_program):
     ) in script
     public_key = p.outputs["publicKeys"][FQRN]
     assert check.inputs["stdin"] == public_key
+    # The runtime CLI runs with the program's own interpreter, wherever its virtualenv is.
+    import sys
+
+    assert check.inputs["environment"] == {"CVMFS_EPHEMERAL_PYTHON": sys.executable}
+    assert 'py="${CVMFS_EPHEMERAL_PYTHON:-python3}"' in script and '"$py" -m runtime verify' in script
     # It runs after every container exists, and again whenever one is replaced.
     containers = {r.name for r in services(p)}
     assert {d.split("::")[-1] for d in check.depends_on} >= containers
     image = p.get("docker:index/image:Image", "cvmfs-test-image").inputs["imageName"]
-    assert check.inputs["triggers"] == [image] + [f"{n}-id" for n in (
+    s0 = p.get("docker:index/image:Image", "cvmfs-test-image-stratum0").inputs["imageName"]
+    assert check.inputs["triggers"] == [fake_digest(image), fake_digest(s0)] + [f"{n}-id" for n in (
         "cvmfs-test-stratum0", "cvmfs-test-gateway", "cvmfs-test-upload", "cvmfs-test-maintenance")]
 
 
@@ -307,8 +331,11 @@ def test_public_urls_and_bind_address():
 def test_prebuilt_image_builds_nothing():
     p = run_program(docker_config(image={"name": "registry.example.org/cvmfs-ephemeral:1.0"}))
     assert not p.of_type("docker:index/image:Image")
-    for c in p.of_type(CONTAINER):  # the loaders too
-        assert c.inputs["image"] == "registry.example.org/cvmfs-ephemeral:1.0"
+    assert p.get(REMOTE_IMAGE, "cvmfs-test-runtime-image").inputs["name"] == (
+        "registry.example.org/cvmfs-ephemeral:1.0"
+    )
+    for c in p.of_type(CONTAINER):  # the loaders too: pinned to what the engine pulled
+        assert c.inputs["image"] == fake_digest("registry.example.org/cvmfs-ephemeral:1.0")
 
 
 def test_generated_tokens_when_none_configured():

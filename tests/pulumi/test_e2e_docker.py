@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ADMIN_TOKEN, FQRN, UPLOAD_TOKEN
 from docker_runner import (
-    create_container, create_network, create_volume, docker, engine_available, state,
+    build_images, create_container, create_network, create_volume, docker, engine_available, state,
     wait_healthy,
 )
 from harness import REPO_ROOT, run_program
@@ -61,7 +61,11 @@ def _teardown(program) -> None:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    program = run_program(_config())
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "make-base-image.sh")], check=True,
+                   timeout=1200)
+    config = _config()
+    # As the engine: the images are built first, then the containers run their image ids.
+    program = run_program(config, image_ids=build_images(run_program(config)))
     containers = {
         c.name.removeprefix(f"{NAME}-"): c.inputs
         for c in program.of_type("docker:index/container:Container")
@@ -69,17 +73,6 @@ def deployed(tmp_path_factory):
     loaders = [c for role, c in containers.items() if role.endswith("-files")]
     containers = {role: c for role, c in containers.items() if not role.endswith("-files")}
     _teardown(program)
-
-    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "make-base-image.sh")], check=True,
-                   timeout=1200)
-    image = program.get("docker:index/image:Image", f"{NAME}-image").inputs
-    build = image["build"]
-    args = [f"--build-arg={k}={v}" for k, v in sorted(build["args"].items())]
-    subprocess.run(
-        ["docker", "build", *args, "-f", build["dockerfile"], "-t", image["imageName"],
-         build["context"]],
-        cwd=REPO_ROOT, check=True, timeout=1200, env={**os.environ, "DOCKER_BUILDKIT": "0"},
-    )
 
     for n in program.of_type("docker:index/network:Network"):
         create_network(n.inputs)
@@ -161,7 +154,7 @@ def test_post_deploy_check_passes(deployed):
     check = program.get("command:local:Command", f"{NAME}-verify-{FQRN}").inputs
     result = subprocess.run(
         ["/bin/sh", "-c", check["create"]], input=check["stdin"], cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**os.environ, **check["environment"]},
     )
     assert result.returncode == 0, result.stderr
     assert "verified" in result.stdout
@@ -251,3 +244,40 @@ def test_upload_through_the_api_and_read_back(deployed, tmp_path):
     assert message["repository"] == FQRN and message["type"] == "activity"
     manifest = base64.b64decode(message["manifest"])
     assert f"S{reader.revision}".encode() in manifest.split(b"--\n")[0]
+
+
+def test_zz_stratum0_stops_gracefully_with_the_declared_signal(deployed):
+    """Last (it stops stratum 0): nginx exits cleanly on the signal the targets declare (Docker
+    stop signal; the Kubernetes preStop hook's command), well within the stop grace."""
+    from conftest import kubernetes_config
+
+    _, containers = deployed
+    inputs = containers["stratum0"]
+    assert state(inputs["name"])["Config"]["StopSignal"] == "SIGQUIT"
+    # The Kubernetes hook's command, in a one-off container with the same options (no restart
+    # policy: a pod being deleted is not restarted either).
+    program = run_program(kubernetes_config())
+    (nginx,) = [c for d in program.of_type("kubernetes:apps/v1:Deployment")
+                if d.name.endswith("-stratum0")
+                for c in d.inputs["spec"]["template"]["spec"]["containers"]]
+    hook = nginx["lifecycle"]["preStop"]["exec"]["command"]
+    one_off = {**inputs, "name": f"{NAME}-prestop", "ports": [], "restart": "no"}
+    create_container(one_off)
+    try:
+        docker("start", one_off["name"])
+        wait_healthy(one_off["name"])
+        started = time.monotonic()
+        docker("exec", one_off["name"], *hook, check=False, timeout=120)
+        deadline = started + 30
+        while state(one_off["name"])["State"]["Running"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        final = state(one_off["name"])["State"]
+        assert not final["Running"] and final["ExitCode"] == 0, final
+        assert time.monotonic() - started < 30
+    finally:
+        docker("rm", "-f", one_off["name"], check=False)
+    # docker stop (as on a replace or destroy) with the declared signal and grace.
+    started = time.monotonic()
+    docker("stop", "--time", str(inputs["stopTimeout"]), inputs["name"], timeout=200)
+    assert time.monotonic() - started < 30
+    assert state(inputs["name"])["State"]["ExitCode"] == 0

@@ -8,7 +8,7 @@ import pytest
 
 from components.image import image_tag
 from conftest import ADMIN_TOKEN, FQRN, SCOPED_TOKEN, UPLOAD_TOKEN, kubernetes_config
-from harness import run_program
+from harness import fake_digest, run_program
 from test_identity import EXPECTED_TOKENS_FILE
 
 K8S_VERSION = "1.30.0"
@@ -49,7 +49,11 @@ def test_objects(kubernetes_program):
         ("Namespace", "cvmfs"),
         ("PersistentVolumeClaim", "cvmfs-test-data"),
         ("Deployment", "cvmfs-test-upload"),
+        ("Deployment", "cvmfs-test-stratum0"),
         ("Deployment", "cvmfs-test-gateway"),
+        ("PodDisruptionBudget", "cvmfs-test-stratum0"),
+        ("NetworkPolicy", "cvmfs-test-upload"),
+        ("NetworkPolicy", "cvmfs-test-gateway"),
         ("Service", "cvmfs-test-stratum0"),
         ("Service", "cvmfs-test-upload"),
         ("Service", "cvmfs-test-gateway"),
@@ -57,10 +61,10 @@ def test_objects(kubernetes_program):
         ("Secret", "cvmfs-test-tokens"),
         ("Secret", "cvmfs-test-maintenance-token"),
         ("ConfigMap", "cvmfs-test-public-keys"),
-        ("CronJob", "cvmfs-test-clean"),
         ("CronJob", "cvmfs-test-gc"),
         ("CronJob", "cvmfs-test-resign"),
         ("Ingress", "cvmfs-test"),
+        ("Ingress", "cvmfs-test-notifications"),
     ])
     assert not [r for r in p if r.type.startswith("docker:index/container")]
     image = p.get("docker:index/image:Image", "cvmfs-test-image").inputs
@@ -71,7 +75,7 @@ def test_objects(kubernetes_program):
 @pytest.mark.parametrize("strict", [True])
 def test_every_object_validates_offline(kubernetes_program, strict):
     objects = [r for r in kubernetes_program if r.type.startswith("kubernetes:")]
-    assert len(objects) == 15
+    assert len(objects) == 19
     for r in objects:
         body = manifest(r)
         assert body["apiVersion"] and body["kind"], r.name
@@ -96,7 +100,7 @@ def test_all_objects_in_namespace(kubernetes_program):
 def assert_hardened(pod: dict, containers: dict[str, dict], image: str) -> None:
     assert pod["securityContext"] == {
         "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-        "seccompProfile": {"type": "RuntimeDefault"},
+        "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert pod["automountServiceAccountToken"] is False
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -115,7 +119,9 @@ def assert_hardened(pod: dict, containers: dict[str, dict], image: str) -> None:
 
 
 def built_image(program) -> str:
-    return program.get("docker:index/image:Image", "cvmfs-test-image").inputs["imageName"]
+    """What pods run: the pushed image's repository digest (mocked as the registry would)."""
+    name = program.get("docker:index/image:Image", "cvmfs-test-image").inputs["imageName"]
+    return f"{IMAGE_REPOSITORY}@{fake_digest(name)}"
 
 
 def test_upload_pod(kubernetes_program):
@@ -124,32 +130,26 @@ def test_upload_pod(kubernetes_program):
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     pod = pod_of(d)
     containers = containers_of(d)
-    assert list(containers) == ["upload", "stratum0"]
+    # The read path is its own Deployment now (persistent storage).
+    assert list(containers) == ["upload"]
     assert_hardened(pod, containers, built_image(kubernetes_program))
-    upload, nginx = containers["upload"], containers["stratum0"]
+    upload = containers["upload"]
     assert upload["command"] == [
         "python", "-m", "runtime", "serve", "--role", "upload", "--host", "0.0.0.0", "--port", "8080",
     ]
-    assert nginx["command"] == ["nginx", "-c", "/etc/nginx/stratum0.conf"]
-    assert upload["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    assert nginx["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
-    for c in (upload, nginx):
-        assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert upload["ports"] == [{"name": "upload", "containerPort": 8080, "protocol": "TCP"}]
+    assert upload["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "upload"}
+    assert upload["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "upload"}
     env = env_of(upload)
     assert env["CVMFS_EPHEMERAL_GATEWAY_URL"] == (
         "http://cvmfs-test-gateway.cvmfs.svc.cluster.local:4929/api/v1"
     )
     assert env["CVMFS_EPHEMERAL_PUBLIC_URL"] == "https://cvmfs.example.org"
-    assert env["CVMFS_EPHEMERAL_SCHEDULER"] == "false"
     assert env["CVMFS_EPHEMERAL_TOKENS_FILE"] == "/etc/cvmfs-ephemeral/secrets/tokens"
     mounts = {m["name"]: m for m in upload["volumeMounts"]}
     assert mounts["data"] == {"name": "data", "mountPath": "/var/lib/cvmfs-ephemeral", "readOnly": False}
     assert mounts["keys"] == {"name": "keys", "mountPath": "/etc/cvmfs-ephemeral/keys", "readOnly": True}
     assert mounts["tokens"] == {"name": "tokens", "mountPath": "/etc/cvmfs-ephemeral/secrets", "readOnly": True}
-    nginx_mounts = {m["name"]: m for m in nginx["volumeMounts"]}
-    assert nginx_mounts["data"]["readOnly"] is True
-    assert set(nginx_mounts) == {"data", "tmp-stratum0"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["data"] == {"name": "data", "persistentVolumeClaim": {"claimName": "cvmfs-test-data"}}
     assert volumes["keys"]["secret"] == {"secretName": "cvmfs-test-keys", "defaultMode": 0o440}
@@ -159,9 +159,26 @@ def test_upload_pod(kubernetes_program):
     assert d.raw["spec"]["template"]["metadata"]["annotations"]  # still present
 
 
+def test_stratum0_deployment(kubernetes_program):
+    d = kubernetes_program.get(DEPLOYMENT, "cvmfs-test-stratum0")
+    containers = containers_of(d)
+    assert list(containers) == ["stratum0"]
+    s0 = kubernetes_program.get("docker:index/image:Image", "cvmfs-test-image-stratum0").inputs
+    assert_hardened(pod_of(d), containers,
+                    f"{IMAGE_REPOSITORY}-stratum0@{fake_digest(s0['imageName'])}")
+    nginx = containers["stratum0"]
+    assert nginx["command"] == ["nginx", "-c", "/etc/nginx/stratum0.conf"]
+    assert nginx["ports"] == [{"name": "stratum0", "containerPort": 8000, "protocol": "TCP"}]
+    mounts = {m["name"]: m for m in nginx["volumeMounts"]}
+    assert set(mounts) == {"data", "tmp-stratum0"} and mounts["data"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod_of(d)["volumes"]}
+    assert volumes["data"] == {"name": "data", "persistentVolumeClaim": {"claimName": "cvmfs-test-data"}}
+
+
 def test_gateway_deployment(kubernetes_program):
     d = kubernetes_program.get(DEPLOYMENT, "cvmfs-test-gateway")
-    assert d.inputs["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert d.inputs["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     containers = containers_of(d)
     assert list(containers) == ["gateway"]
     assert_hardened(pod_of(d), containers, built_image(kubernetes_program))
@@ -187,9 +204,9 @@ def test_services(kubernetes_program):
         got[s.name] = (spec["selector"]["app.kubernetes.io/component"], spec["ports"][0]["port"],
                        spec["ports"][0]["targetPort"], spec["type"])
     assert got == {
-        "cvmfs-test-stratum0": ("upload", 8000, 8000, "ClusterIP"),
-        "cvmfs-test-upload": ("upload", 8080, 8080, "ClusterIP"),
-        "cvmfs-test-gateway": ("gateway", 4929, 4929, "ClusterIP"),
+        "cvmfs-test-stratum0": ("stratum0", 8000, "stratum0", "ClusterIP"),
+        "cvmfs-test-upload": ("upload", 8080, "upload", "ClusterIP"),
+        "cvmfs-test-gateway": ("gateway", 4929, "gateway", "ClusterIP"),
     }
 
 
@@ -210,10 +227,8 @@ def test_cronjobs(kubernetes_program):
         token = [e for e in c["env"] if e["name"] == "CVMFS_EPHEMERAL_TOKEN"]
         assert token == [{"name": "CVMFS_EPHEMERAL_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": "cvmfs-test-maintenance-token", "key": "token"}}}]
-    assert schedules == {
-        "cvmfs-test-clean": "* * * * *", "cvmfs-test-gc": "17 * * * *",
-        "cvmfs-test-resign": "43 3 * * *",
-    }
+    # clean runs in the upload service's scheduler (see test_kubernetes_rollout.py).
+    assert schedules == {"cvmfs-test-gc": "17 * * * *", "cvmfs-test-resign": "43 3 * * *"}
 
 
 def test_secrets_content(kubernetes_program):
@@ -232,10 +247,23 @@ def test_ingress(kubernetes_program):
     assert ing["spec"]["ingressClassName"] == "nginx"
     assert ing["spec"]["tls"] == [{"hosts": ["cvmfs.example.org"], "secretName": "cvmfs-tls"}]
     paths = {p["path"]: p["backend"]["service"]["name"] for p in ing["spec"]["rules"][0]["http"]["paths"]}
+    # No "/": the admin routes and /metrics stay inside the cluster.
     assert paths == {
         "/cvmfs": "cvmfs-test-stratum0", "/cvmfs-meta": "cvmfs-test-stratum0",
-        "/api/v1/notifications": "cvmfs-test-gateway", "/": "cvmfs-test-upload",
+        "/repos": "cvmfs-test-upload",
     }
+    annotations = ing["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
+    notify = kubernetes_program.get(
+        "kubernetes:networking.k8s.io/v1:Ingress", "cvmfs-test-notifications").inputs
+    (rule,) = notify["spec"]["rules"]
+    assert [(p["path"], p["pathType"], p["backend"]["service"]["name"]) for p in rule["http"]["paths"]] == [
+        ("/api/v1/notifications/subscribe", "Exact", "cvmfs-test-gateway")
+    ]
+    annotations = notify["metadata"]["annotations"]
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
 
 
 def test_outputs_and_check(kubernetes_program):
@@ -259,8 +287,19 @@ def test_without_ingress_ephemeral_storage_existing_namespace():
     assert not p.of_type("kubernetes:networking.k8s.io/v1:Ingress")
     # No URL reachable from the pulumi host is known: the check is skipped, not guessed.
     assert not p.of_type("command:local:Command")
-    volumes = {v["name"]: v for v in pod_of(p.get(DEPLOYMENT, "cvmfs-test-upload"))["volumes"]}
+    upload = p.get(DEPLOYMENT, "cvmfs-test-upload")
+    volumes = {v["name"]: v for v in pod_of(upload)["volumes"]}
     assert volumes["data"] == {"name": "data", "emptyDir": {"sizeLimit": "2Gi"}}
+    # An emptyDir cannot be shared between pods: nginx is the writer's sidecar, ports distinct.
+    assert not [d for d in p.of_type(DEPLOYMENT) if d.name.endswith("-stratum0")]
+    containers = containers_of(upload)
+    assert list(containers) == ["upload", "stratum0"]
+    names = [port["name"] for c in containers.values() for port in c["ports"]]
+    assert names == ["upload", "stratum0"]
+    assert containers["stratum0"]["volumeMounts"][1]["readOnly"] is True
+    stratum0 = p.get(SERVICE, "cvmfs-test-stratum0").inputs["spec"]
+    assert stratum0["selector"]["app.kubernetes.io/component"] == "upload"
+    assert stratum0["ports"][0]["targetPort"] == "stratum0"
     assert p.outputs["endpoints"]["stratum0"] == "http://cvmfs-test-stratum0.ci.svc.cluster.local:8000"
     assert {s.inputs["spec"]["type"] for s in p.of_type(SERVICE)} == {"NodePort"}
     for r in p:

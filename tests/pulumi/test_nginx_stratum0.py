@@ -166,9 +166,10 @@ def test_runtime_verify_accepts_what_nginx_serves(served):
 
 def _run_check_script(url: str, public_key: str, timeout_s: int):
     """Run the post-deploy check exactly as pulumi-command would: /bin/sh -c, key on stdin."""
-    from components.verify import verify_script
+    from components.verify import PYTHON_ENV, verify_script
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    # As the Command declares it: the program's interpreter in the environment, no PATH help.
+    env = {**os.environ, PYTHON_ENV: sys.executable}
     return subprocess.run(
         ["/bin/sh", "-c", verify_script(url, FQRN, timeout_s)], input=public_key, cwd=REPO_ROOT,
         capture_output=True, text=True, timeout=120, env=env,
