@@ -13,8 +13,6 @@ from typing import Optional
 
 import typer
 
-from .tokens import TokenConfigError, digest, new_token
-
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Static tokens: make a new one, or hash an existing secret.")
 
@@ -26,6 +24,8 @@ def new(label: str = typer.Option(..., "--label", help="name used in logs and pr
         prefix: Optional[str] = typer.Option(
             None, "--prefix", help="artifact names must start with this (e.g. team-a-)")) -> None:
     """Print a fresh secret and the tokens-file line that grants it."""
+    from .tokens import TokenConfigError, new_token  # lazily: the CLI starts without settings
+
     if role not in ("upload", "admin"):
         typer.echo("error: --role must be upload or admin", err=True)
         raise typer.Exit(2)
@@ -43,6 +43,7 @@ def new(label: str = typer.Option(..., "--label", help="name used in logs and pr
 @app.command("hash")
 def hash_() -> None:
     """Read a secret on stdin, print the sha256 to store instead of it."""
+    from .tokens import digest
     secret = sys.stdin.readline().strip()
     if not secret:
         typer.echo("error: no secret on stdin", err=True)
