@@ -169,3 +169,15 @@ def test_relative_times_name_two_units():
     assert ui.relative(1000 - 3 * 86400 - 60, 1000) == "3 d 1 min ago"
     assert ui.relative(1001, 1000) == "just now"
     assert ui.human_size(1536) == "1.5 KiB" and ui.human_size(12) == "12 B"
+
+
+def test_the_templates_and_the_stylesheet_are_package_data():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["runtime.server"]
+    shipped = {p for pattern in patterns for p in (root / "runtime/server").glob(pattern)}
+    needed = {p for d in ("templates", "static") for p in (ui.HERE / d).iterdir()}
+    assert needed and needed <= shipped

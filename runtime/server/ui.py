@@ -189,6 +189,8 @@ def render(template: str, status_code: int = 200, **context: Any) -> HTMLRespons
 
 
 def not_found(what: str) -> HTMLResponse:
+    """A 404 page naming what is missing by kind only: the request line already says which,
+    and the page's text must not echo a stranger's path (the request log quotes error bodies)."""
     return render("not_found.html", status_code=404, what=what)
 
 
@@ -208,7 +210,7 @@ async def repository(request: Request) -> Response:
     fqrn = request.path_params["fqrn"]
     repo = _repos(request).get(fqrn)
     if repo is None:
-        return not_found(f"repository {fqrn}")
+        return not_found("repository")
     page = await asyncio.to_thread(repository_page, repo, time.time())
     return render("repository.html", max_artifacts=MAX_ARTIFACTS, **page)
 
@@ -217,12 +219,12 @@ async def artifact(request: Request) -> Response:
     fqrn, name = request.path_params["fqrn"], request.path_params["name"]
     repo = _repos(request).get(fqrn)
     if repo is None:
-        return not_found(f"repository {fqrn}")
+        return not_found("repository")
     try:
         validate_artifact_name(name)
         page = await asyncio.to_thread(artifact_page, repo, name, time.time())
     except RepositoryError:
-        return not_found(f"artifact {name} in {fqrn}")
+        return not_found("artifact")
     settings: Settings = request.app.state.settings
     return render("artifact.html", mount=mount_config(settings, request, fqrn),
                   download=f"/repos/{quote(fqrn)}/{quote(name)}",
