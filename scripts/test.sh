@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 # nginx (stratum-0 tests), squid (site-cache tests), the Docker engine and a debootstrapped base image (the runtime image
 # is built locally because no registry is reachable): see scripts/ensure-docker.sh.
 bash scripts/ensure-docker.sh
+# Debian's chromium renders the browser pages (tests/test_ui_chromium.py).
+bash scripts/ensure-chromium.sh
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

@@ -38,7 +38,7 @@ from ..gateway.notifier import HttpNotifier, LocalNotifier, Notifier
 from ..repository import Repository
 from ..settings import Settings
 from ..version import __version__
-from . import admin, stratum0, uploads
+from . import admin, stratum0, ui, uploads
 from .auth import Authorizer
 from .bodytimeout import BodyIdleTimeout, BodyIdleTimeoutMiddleware
 from .connection import ConnectionLimits, protocol_class, raise_nofile_limit
@@ -167,6 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.router.routes.extend(stratum0.routes(settings.data_dir))
         app.include_router(uploads.router())
         admin.install(app)  # maintenance routes + embedded scheduler (runtime/server/admin.py)
+        ui.install(app)  # the read-only browser at /ui/ (runtime/server/ui.py)
     if hub is not None:
         app.router.routes.extend(gateway_routes.routes(hub))
     # outermost last: the request id is set before anything else runs
