@@ -53,10 +53,13 @@ def request_id_from(scope: Scope) -> str:
 
 
 def _detail(body: bytes) -> str:
+    """The refusal's one-line reason: the JSON ``detail``; for any other body (an HTML page of
+    the browser, a plain-text error) its first line, so a log line stays one line."""
     try:
         detail = json.loads(body.decode("utf-8")).get("detail", "")
     except (ValueError, AttributeError, UnicodeDecodeError):
-        return body[:200].decode("utf-8", "replace").strip()
+        text = body[:200].decode("utf-8", "replace").strip()
+        return text.splitlines()[0] if text else ""
     return str(detail).splitlines()[0] if detail else ""
 
 
