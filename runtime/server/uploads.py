@@ -43,7 +43,7 @@ from ..repository import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInit
                           PublishResult, Repository, RepositoryError, RepositoryLocked,
                           Transaction, validate_artifact_name)
 from ..settings import Settings
-from . import downloads
+from . import digests, downloads, durations
 from .auth import Authorizer, Token
 from .bodytimeout import BodyIdleTimeout
 from .committer import GroupCommitter
@@ -148,6 +148,27 @@ class UploadService:
             raise HTTPException(422, f"ttl_s must be between 1 and {self.settings.max_ttl_s} "
                                      f"seconds, got {ttl}")
         return ttl
+
+    def lifetime(self, ttl_s: int | None, expire_in: str | None) -> int | None:
+        """Seconds until expiry from ``ttl_s`` or GitLab-style ``expire_in`` (one of them at
+        most); None for ``expire_in=never`` where the server allows it. 422 otherwise."""
+        if expire_in is None:
+            return self.ttl(ttl_s)
+        if ttl_s is not None:
+            raise HTTPException(422, "pass either ttl_s or expire_in, not both")
+        if expire_in.strip().lower() == durations.NEVER:
+            if not self.settings.allow_never_expire:
+                raise HTTPException(422, "expire_in 'never' is not allowed on this server "
+                                         "(CVMFS_EPHEMERAL_ALLOW_NEVER_EXPIRE is false)")
+            return None
+        try:
+            seconds = durations.parse_duration(expire_in)
+        except durations.DurationError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if seconds <= 0 or seconds > self.settings.max_ttl_s:
+            raise HTTPException(422, f"expire_in {expire_in!r} is {seconds} s; it must be between "
+                                     f"1 and {self.settings.max_ttl_s} seconds")
+        return seconds
 
     async def close(self) -> None:
         for committer in self.committers.values():
@@ -327,7 +348,8 @@ def _reason(response: Response) -> str:
 
 async def upload(service: UploadService, request: Request, fqrn: str, name: str | None,
                  *, multipart: bool, unpack: bool, overwrite: bool,
-                 ttl_s: int | None) -> Response:
+                 ttl_s: int | None, expire_in: str | None = None,
+                 sha256: str | None = None) -> Response:
     """One upload, logged as one line (repository, name, size, revision, duration, outcome,
     the token's label; never the token) whatever its outcome."""
     record: dict[str, Any] = {"repository": fqrn, "name": name, "size": 0, "revision": None,
@@ -336,7 +358,8 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
     status, reason = 500, "internal error"
     try:
         response = await _upload(service, request, record, fqrn, name, multipart=multipart,
-                                 unpack=unpack, overwrite=overwrite, ttl_s=ttl_s)
+                                 unpack=unpack, overwrite=overwrite, ttl_s=ttl_s,
+                                 expire_in=expire_in, sha256=sha256)
         status = response.status_code
         reason = _reason(response) if status >= 400 else ""
         if status == 200 and record.pop("refreshed", False):
@@ -366,12 +389,15 @@ async def _client_gone(request: Request) -> bool:
 
 async def _upload(service: UploadService, request: Request, record: dict[str, Any], fqrn: str,
                   name: str | None, *, multipart: bool, unpack: bool, overwrite: bool,
-                  ttl_s: int | None) -> Response:
+                  ttl_s: int | None, expire_in: str | None,
+                  sha256: str | None) -> Response:
     """Authorize, check, stream, commit, answer."""
     principal = await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
     record["token"] = principal.label
     repo = service.repository(fqrn)
-    ttl = principal.cap_ttl(service.ttl(ttl_s))
+    ttl = _principal_lifetime(principal, fqrn, name, service.lifetime(ttl_s, expire_in),
+                              explicit=ttl_s is not None or expire_in is not None)
+    want = digests.expected(request.headers.get("content-digest"), sha256)
     limit = service.settings.max_artifact_bytes
     declared = _declared_length(request)
     slack = 64 * 1024 if multipart else 0  # multipart framing around the file bytes
@@ -398,6 +424,8 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         chunks, raw_stream = body.chunks(), body.stream
     else:
         chunks = raw_stream = request.stream()
+    hashed = digests.HashingBody(chunks, want)
+    chunks = hashed.pieces()
     assert name is not None
     try:
         principal.authorize(fqrn, name=name)
@@ -424,8 +452,9 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
             extra = {"files": stats.files + stats.hardlinks, "image": stats.image}
         else:
             await _stage_file(tx, name, chunks, count)
-            extra = {}
-        tx.set_expiry(name, repo.clock() + ttl)
+            extra = {"sha256": hashed.hexdigest()}
+        hashed.verify()  # a mismatch raises 400 here: the transaction is aborted below
+        tx.set_expiry(name, None if ttl is None else repo.clock() + ttl)
     except BodyIdleTimeout as exc:
         tx.abort()
         return _timed_out(service, fqrn, exc)
@@ -470,6 +499,20 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         "upload_time_s": round(upload_time, 6), "publish_time_s": round(result.publish_time_s, 6),
         "refreshed": name in result.refreshed, **extra,
     })
+
+
+def _principal_lifetime(principal: Any, fqrn: str, name: str | None, lifetime: int | None,
+                        *, explicit: bool) -> int | None:
+    """The lifetime this identity may give: an explicit one above its maximum (or ``never``
+    when it has one) is refused (403); the server's default is lowered to it."""
+    if principal.max_ttl_s is not None and lifetime is None:
+        raise HTTPException(403, f"'{principal.label}' may not upload artifacts that never "
+                                 f"expire (its maximum lifetime is {principal.max_ttl_s} s)")
+    if lifetime is None:
+        return None
+    if explicit:
+        principal.authorize(fqrn, name=name, ttl_s=lifetime)
+    return principal.cap_ttl(lifetime)
 
 
 def _detail_for(exc: BaseException) -> str:
@@ -549,17 +592,21 @@ def router() -> APIRouter:
     @r.post("/repos/{fqrn}")
     async def post_upload(request: Request, fqrn: str, unpack: bool = False,
                           overwrite: bool = False, ttl_s: int | None = None,
-                          name: str | None = None) -> Response:
+                          name: str | None = None, expire_in: str | None = None,
+                          sha256: str | None = None) -> Response:
         """Seed-compatible multipart upload (field ``file``; its filename names the artifact)."""
         return await upload(svc(request), request, fqrn, name, multipart=True, unpack=unpack,
-                            overwrite=overwrite, ttl_s=ttl_s)
+                            overwrite=overwrite, ttl_s=ttl_s, expire_in=expire_in,
+                            sha256=sha256)
 
     @r.put("/repos/{fqrn}/{name:path}")
     async def put_upload(request: Request, fqrn: str, name: str, unpack: bool = False,
-                         overwrite: bool = False, ttl_s: int | None = None) -> Response:
+                         overwrite: bool = False, ttl_s: int | None = None,
+                         expire_in: str | None = None, sha256: str | None = None) -> Response:
         """Raw body upload (``curl -T file``)."""
         return await upload(svc(request), request, fqrn, name, multipart=False, unpack=unpack,
-                            overwrite=overwrite, ttl_s=ttl_s)
+                            overwrite=overwrite, ttl_s=ttl_s, expire_in=expire_in,
+                            sha256=sha256)
 
     @r.get("/repos/{fqrn}")
     async def list_artifacts(request: Request, fqrn: str) -> Response:
@@ -626,20 +673,22 @@ def router() -> APIRouter:
 
     @r.post("/repos/{fqrn}/{name}/ttl")
     async def set_ttl(request: Request, fqrn: str, name: str,
-                      ttl_s: int | None = None) -> Response:
+                      ttl_s: int | None = None, expire_in: str | None = None) -> Response:
         service = svc(request)
         with _ChangeLog("ttl", fqrn, name) as change:
-            change.token = (await service.authorizer.check(request, fqrn, name=name,
-                                                           ttl_s=ttl_s)).label
+            principal = await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
+            change.token = principal.label
             repo = service.repository(fqrn)
-            if ttl_s is None:
-                return change.answer(error(422, "query parameter ttl_s is required"))
-            ttl = service.ttl(ttl_s)
+            if ttl_s is None and expire_in is None:
+                return change.answer(error(422, "query parameter ttl_s (or expire_in) is "
+                                                "required"))
+            ttl = _principal_lifetime(principal, fqrn, name,
+                                      service.lifetime(ttl_s, expire_in), explicit=True)
             change.fields["ttl_s"] = ttl
             try:
                 validate_artifact_name(name)
                 tx = repo.begin()
-                tx.set_expiry(name, repo.clock() + ttl)
+                tx.set_expiry(name, None if ttl is None else repo.clock() + ttl)
                 result = await service.committers[fqrn].commit(tx)
             except RepositoryError as exc:
                 return change.answer(error(status_for(exc), str(exc)))
