@@ -579,6 +579,38 @@ def _disposition(filename: str) -> str:
     return f"attachment; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
 
 
+def _file_download(repo: Repository, request: Request, name: str, entry: Any) -> Response:
+    """A file artifact: 200, 206 (one ``Range``), 304 (``If-None-Match``) or 416, with a
+    strong ETag from the content hash; ``If-Range`` with another ETag (or a date) gets the
+    whole file. HEAD answers the same headers without reading any content."""
+    tag = downloads.etag(entry)
+    headers = {"ETag": tag, "Accept-Ranges": "bytes", "Content-Disposition": _disposition(name)}
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None and downloads.etag_matches(none_match, tag, weak=True):
+        return Response(status_code=304, headers=headers)
+    wanted = None
+    if_range = request.headers.get("if-range")
+    if if_range is None or downloads.etag_matches(if_range, tag, weak=False):
+        try:
+            wanted = downloads.parse_range(request.headers.get("range"), entry.size)
+        except downloads.Unsatisfiable:
+            return Response(status_code=416, headers={
+                **headers, "Content-Range": f"bytes */{entry.size}"})
+    if wanted is None:
+        status, first, last = 200, 0, entry.size - 1
+    else:
+        status, (first, last) = 206, wanted
+        headers["Content-Range"] = f"bytes {first}-{last}/{entry.size}"
+    headers["Content-Length"] = str(max(0, last - first + 1))
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers,
+                        media_type="application/octet-stream")
+    content = (downloads.file_content(repo, entry) if status == 200
+               else downloads.file_range(repo, entry, first, last))
+    return downloads.SlotResponse(downloads.stream(content), None, status_code=status,
+                                  media_type="application/octet-stream", headers=headers)
+
+
 # --------------------------------------------------------------------------------------------
 # routes
 
@@ -618,15 +650,21 @@ def router() -> APIRouter:
                        "expires_at": iso(a.expires_at), "created_at": iso(a.created_at),
                        "revision": a.revision} for a in arts]})
 
-    @r.get("/repos/{fqrn}/{name:path}")
+    @r.api_route("/repos/{fqrn}/{name:path}", methods=["GET", "HEAD"])
     async def download(request: Request, fqrn: str, name: str) -> Response:
         service = svc(request)
         repo = service.repository(fqrn)
+        head = request.method == "HEAD"
         try:
             validate_artifact_name(name)
             info = await asyncio.to_thread(repo.artifact, name)
         except RepositoryError as exc:
             return error(status_for(exc), str(exc))
+        if info.kind == "dir" and head:
+            # headers only: the tar is neither generated nor admitted (its size is unknown
+            # without generating it, so no Content-Length)
+            return Response(headers={"Content-Type": "application/x-tar",
+                                     "Content-Disposition": _disposition(name + ".tar")})
         slot = None
         if info.kind == "dir":
             # admitted before the tree is read: the tree is what costs memory
@@ -642,11 +680,7 @@ def router() -> APIRouter:
             raise
         top = tree[f"/{name}"]
         if top.is_regular:
-            content = downloads.file_content(repo, top)
-            return downloads.SlotResponse(downloads.stream(content, slot), slot,
-                                          media_type="application/octet-stream",
-                                          headers={"Content-Length": str(top.size),
-                                                   "Content-Disposition": _disposition(name)})
+            return _file_download(repo, request, name, top)
         pieces = downloads.tar_pieces(repo, downloads.sorted_entries(tree))
         del tree  # the sorted iterator holds what the stream still needs
         return downloads.SlotResponse(downloads.stream(pieces, slot), slot,
