@@ -497,7 +497,7 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         "name": name, "path": f"/cvmfs/{fqrn}/{name}", "size": info.size,
         "revision": result.revision, "expires_at": iso(info.expires_at),
         "upload_time_s": round(upload_time, 6), "publish_time_s": round(result.publish_time_s, 6),
-        "refreshed": name in result.refreshed, **extra,
+        "refreshed": name in result.refreshed, "digest_verified": want is not None, **extra,
     })
 
 
