@@ -258,7 +258,7 @@ def register(app: typer.Typer) -> None:
         expire_in: Optional[str] = typer.Option(
             None, "--expire-in", metavar="DURATION", help="Artifact lifetime in GitLab's "
             "syntax ('30 mins', '2 hrs 20 min', '1 week', 'never' where the server allows "
-            "it); instead of --ttl-s."),
+            "it); instead of --ttl-s.", show_default="--ttl-s"),
         no_digest: bool = typer.Option(False, "--no-digest", help="Do not send the file's "
                                        "SHA-256 (Content-Digest) for the server to verify "
                                        "(sent by default for files up to 1 GiB)."),
