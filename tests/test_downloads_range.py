@@ -134,5 +134,21 @@ def test_head_on_a_directory_generates_no_tar(srv, client):
     assert client.get(f"/repos/{FQRN}/tree").status_code == 200
 
 
+def test_head_on_a_directory_needs_no_download_slot(tmp_path):
+    """With this client's only slot held by a running tar download, a GET is 429 and a HEAD
+    is still answered: HEAD neither admits nor generates a tar."""
+    with live_server(settings(tmp_path, max_downloads_per_client=1)) as srv, \
+            httpx.Client(base_url=srv.url, headers=auth(), timeout=60) as client:
+        big = random.Random(3).randbytes(48 * 1024 * 1024)  # more than the socket buffers
+        tar = make_tar([("d", "dir", None), ("d/big.bin", "file", big)])
+        assert client.put(f"/repos/{FQRN}/tree", content=tar,
+                          params={"unpack": "true"}).status_code == 200
+        with client.stream("GET", f"/repos/{FQRN}/tree") as running:
+            assert running.status_code == 200
+            assert client.get(f"/repos/{FQRN}/tree").status_code == 429
+            head = client.head(f"/repos/{FQRN}/tree")
+            assert head.status_code == 200 and head.content == b""
+
+
 def test_head_on_a_missing_artifact_is_404(client):
     assert client.head(f"/repos/{FQRN}/nope").status_code == 404
