@@ -93,3 +93,27 @@ def test_never_where_allowed_means_no_expiry(tmp_path):
         assert r.status_code == 200 and abs(expires_in_s(r.json()) - 86400) < 30
         r = client.post(f"/repos/{FQRN}/keep.bin/ttl", params={"expire_in": "NEVER"})
         assert r.status_code == 200 and r.json()["expires_at"] is None
+
+
+def test_an_identity_with_a_maximum_lifetime_is_bounded_in_expire_in_too(tmp_path):
+    """An OIDC policy's max_ttl_s (3600 s here) bounds expire_in like ttl_s (403), and such an
+    identity may not ask for ``never`` even where the server allows it."""
+    from tests.oidc_issuer import running_issuer, github_claims
+    from tests.test_auth_oidc import GH_PREFIX, oidc_config
+
+    with running_issuer() as gh, running_issuer() as gl, \
+            live_server(settings(tmp_path, oidc=oidc_config(gh, gl),
+                                 allow_never_expire=True)) as srv:
+        token = gh.sign(github_claims(gh.url))
+
+        def put(name: str, expire_in: str) -> httpx.Response:
+            return httpx.put(f"{srv.url}/repos/{FQRN}/{GH_PREFIX}{name}", content=b"p",
+                             headers=auth(token), params={"expire_in": expire_in}, timeout=30)
+
+        ok = put("a", "30 mins")
+        assert ok.status_code == 200 and abs(expires_in_s(ok.json()) - 1800) < 30
+        too_long = put("b", "2 hrs")
+        assert too_long.status_code == 403 and "3600" in too_long.json()["detail"]
+        never = put("c", "never")
+        assert never.status_code == 403 and "never expire" in never.json()["detail"]
+        assert {a.name for a in srv.repositories[FQRN].artifacts()} == {GH_PREFIX + "a"}
