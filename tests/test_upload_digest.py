@@ -116,3 +116,12 @@ def test_malformed_digest_is_400_before_anything_is_staged(srv, client, headers,
     assert r.status_code == 400, r.text
     assert message in r.json()["detail"]
     assert snapshot(srv.repositories[FQRN]) == before
+
+
+def test_a_large_body_with_a_malformed_digest_still_reads_the_reason(srv, client):
+    """The body is drained (bounded) before the 400, so the client sees the answer and not a
+    reset connection."""
+    big = b"\x00" * (8 * 1024 * 1024)
+    r = client.put(f"/repos/{FQRN}/big.bin", content=big,
+                   headers={"Content-Digest": "sha-256=:%%%:"})
+    assert r.status_code == 400 and "malformed Content-Digest" in r.json()["detail"]

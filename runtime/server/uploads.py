@@ -395,9 +395,15 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
     principal = await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
     record["token"] = principal.label
     repo = service.repository(fqrn)
-    ttl = _principal_lifetime(principal, fqrn, name, service.lifetime(ttl_s, expire_in),
-                              explicit=ttl_s is not None or expire_in is not None)
-    want = digests.expected(request.headers.get("content-digest"), sha256)
+    try:
+        ttl = _principal_lifetime(principal, fqrn, name, service.lifetime(ttl_s, expire_in),
+                                  explicit=ttl_s is not None or expire_in is not None)
+        want = digests.expected(request.headers.get("content-digest"), sha256)
+    except HTTPException as exc:
+        # refused before the body is read: drain it (bounded) so the client reads the reason
+        await _drain(request.stream(), DRAIN_LIMIT)
+        service.metrics.uploads.labels(fqrn, "refused").inc()
+        return error(exc.status_code, str(exc.detail))
     limit = service.settings.max_artifact_bytes
     declared = _declared_length(request)
     slack = 64 * 1024 if multipart else 0  # multipart framing around the file bytes
