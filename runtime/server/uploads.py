@@ -656,7 +656,12 @@ def router() -> APIRouter:
                        "expires_at": iso(a.expires_at), "created_at": iso(a.created_at),
                        "revision": a.revision} for a in arts]})
 
-    @r.api_route("/repos/{fqrn}/{name:path}", methods=["GET", "HEAD"])
+    @r.head("/repos/{fqrn}/{name:path}")
+    async def head_download(request: Request, fqrn: str, name: str) -> Response:
+        """The download's headers, without its body (a directory's tar is not generated)."""
+        return await download(request, fqrn, name)
+
+    @r.get("/repos/{fqrn}/{name:path}")
     async def download(request: Request, fqrn: str, name: str) -> Response:
         service = svc(request)
         repo = service.repository(fqrn)
