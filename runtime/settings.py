@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     max_artifact_bytes: int = Field(4 * 1024**3, ge=1)
     default_ttl_s: int = Field(7200, ge=1)
     max_ttl_s: int = Field(30 * 24 * 3600, ge=1)
+    # --- retention: expire_in ---------------------------------------------------------------
+    #: Whether ``expire_in=never`` is accepted (an artifact that never expires stays until it
+    #: is deleted: off by default, as this store is for short-lived builds).
+    allow_never_expire: bool = False
+    # --- end of retention: expire_in ---------------------------------------------------------
 
     gc_grace_s: int | None = Field(None, ge=0, description="default: 2 x repository TTL + 300 s")
     whitelist_validity_days: int = Field(30, ge=1, le=365)

@@ -119,3 +119,29 @@ def test_console_entry_point_runs(srv, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"/cvmfs/{FQRN}/artifact.bin")
     assert TOKEN not in proc.stdout + proc.stderr
+
+
+def test_client_sends_the_content_digest_by_default(srv, tmp_path):
+    import hashlib
+
+    f = tmp_path / "digest.bin"
+    f.write_bytes(os.urandom(300_000))
+    out = upload(f, url=srv.url, repo=FQRN, token=TOKEN, retries=0)
+    assert out["digest_verified"] is True
+    assert out["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    res = run_cli(str(f), "--url", srv.url, "--repo", FQRN, "--name", "nodigest.bin",
+                  "--no-digest", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["digest_verified"] is False
+
+
+def test_client_expire_in(srv, tmp_path):
+    f = tmp_path / "e.txt"
+    f.write_text("e")
+    res = run_cli(str(f), "--url", srv.url, "--repo", FQRN, "--expire-in", "3 days", "--json")
+    assert res.exit_code == 0, res.output
+    art = srv.repositories[FQRN].artifact("e.txt")
+    assert abs(art.expires_at - time.time() - 3 * 86400) < 60
+    bad = run_cli(str(f), "--url", srv.url, "--repo", FQRN, "--name", "b.txt",
+                  "--expire-in", "soon")
+    assert bad.exit_code != 0 and "not a duration" in bad.output

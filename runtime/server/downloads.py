@@ -21,6 +21,8 @@ A slot is released when the stream ends, fails or the client goes away.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import threading
 import zlib
 from collections import Counter
@@ -45,6 +47,83 @@ def file_content(repo: Repository, entry: Entry) -> Iterator[bytes]:
     for hex_digest, suffix in parts:
         data = repo.store.read(hex_digest, suffix)
         yield zlib.decompress(data) if entry.compressed else data
+
+
+def etag(entry: Entry) -> str:
+    """A strong ETag for a file's content: its content hash, or for a chunked file a hash of
+    its chunk list (offsets, sizes, hashes), so it changes exactly when the bytes change."""
+    if entry.chunks:
+        h = hashlib.sha256()
+        for c in entry.chunks:
+            h.update(f"{c.offset}:{c.size}:".encode() + c.digest)
+        return f'"c-{h.hexdigest()[:40]}"'
+    return f'"{entry.digest.hex() if entry.digest else "empty"}"'
+
+
+def _read(repo: Repository, entry: Entry, hex_digest: str, suffix: str) -> bytes:
+    data = repo.store.read(hex_digest, suffix)
+    return zlib.decompress(data) if entry.compressed else data
+
+
+def file_range(repo: Repository, entry: Entry, start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``start``..``end`` (inclusive) of a file, reading only the chunks that overlap
+    them (a whole-file object is read once and sliced: it has no finer unit)."""
+    if not entry.chunks:
+        if entry.digest:
+            yield _read(repo, entry, entry.digest.hex(), FILE)[start:end + 1]
+        return
+    for c in entry.chunks:
+        if c.offset + c.size <= start or c.offset > end:
+            continue
+        data = _read(repo, entry, c.digest.hex(), PARTIAL)
+        yield data[max(0, start - c.offset):end + 1 - c.offset]
+
+
+class Unsatisfiable(Exception):
+    """A syntactically valid range that selects nothing in the file (416)."""
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The single byte range ``(first, last)`` a ``Range`` header asks for, or None to send
+    the whole file: no header, another unit, several ranges (answered in full with 200, which
+    RFC 9110 allows, instead of a multipart/byteranges body) or a header that does not parse
+    (which RFC 9110 says to ignore). Raises :class:`Unsatisfiable` (416)."""
+    if header is None:
+        return None
+    match = _RANGE.match(header.strip().replace(" ", ""))
+    if match is None or len(header) > 200:
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first and not last:
+        return None
+    if not first:  # suffix range: the last n bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise Unsatisfiable()
+        return max(0, size - n), size - 1
+    a = int(first)
+    b = int(last) if last else size - 1
+    if last and b < a:
+        return None  # invalid: ignored
+    if a >= size:
+        raise Unsatisfiable()
+    return a, min(b, size - 1)
+
+
+def etag_matches(header: str, tag: str, *, weak: bool) -> bool:
+    """Whether ``tag`` is listed in an If-None-Match (weak comparison) / If-Range (strong)."""
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" and weak:
+            return True
+        if weak and candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == tag:
+            return True
+    return False
 
 
 def _members(repo: Repository, entries: Iterable[tuple[str, Entry]]) -> Iterator[bytes]:
@@ -171,5 +250,6 @@ class SlotResponse(StreamingResponse):
                 self.slot.release()
 
 
-__all__ = ["SlotResponse", "DownloadSlots", "PIECE_BYTES", "Slot", "file_content", "sorted_entries", "stream",
-           "tar_pieces"]
+__all__ = ["SlotResponse", "DownloadSlots", "PIECE_BYTES", "Slot", "Unsatisfiable", "etag",
+           "etag_matches", "file_content", "file_range", "parse_range", "sorted_entries",
+           "stream", "tar_pieces"]

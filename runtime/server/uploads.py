@@ -42,7 +42,7 @@ from ..repository import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInit
                           PublishResult, Repository, RepositoryError, RepositoryLocked,
                           Transaction, validate_artifact_name)
 from ..settings import Settings
-from . import downloads
+from . import digests, downloads, durations
 from .auth import Authorizer, Token
 from .bodytimeout import BodyIdleTimeout
 from .committer import GroupCommitter
@@ -151,6 +151,27 @@ class UploadService:
             raise HTTPException(422, f"ttl_s must be between 1 and {self.settings.max_ttl_s} "
                                      f"seconds, got {ttl}")
         return ttl
+
+    def lifetime(self, ttl_s: int | None, expire_in: str | None) -> int | None:
+        """Seconds until expiry from ``ttl_s`` or GitLab-style ``expire_in`` (one of them at
+        most); None for ``expire_in=never`` where the server allows it. 422 otherwise."""
+        if expire_in is None:
+            return self.ttl(ttl_s)
+        if ttl_s is not None:
+            raise HTTPException(422, "pass either ttl_s or expire_in, not both")
+        if expire_in.strip().lower() == durations.NEVER:
+            if not self.settings.allow_never_expire:
+                raise HTTPException(422, "expire_in 'never' is not allowed on this server "
+                                         "(CVMFS_EPHEMERAL_ALLOW_NEVER_EXPIRE is false)")
+            return None
+        try:
+            seconds = durations.parse_duration(expire_in)
+        except durations.DurationError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if seconds <= 0 or seconds > self.settings.max_ttl_s:
+            raise HTTPException(422, f"expire_in {expire_in!r} is {seconds} s; it must be between "
+                                     f"1 and {self.settings.max_ttl_s} seconds")
+        return seconds
 
     async def close(self) -> None:
         for committer in self.committers.values():
@@ -330,7 +351,8 @@ def _reason(response: Response) -> str:
 
 async def upload(service: UploadService, request: Request, fqrn: str, name: str | None,
                  *, multipart: bool, unpack: bool, overwrite: bool,
-                 ttl_s: int | None) -> Response:
+                 ttl_s: int | None, expire_in: str | None = None,
+                 sha256: str | None = None) -> Response:
     """One upload, logged as one line (repository, name, size, revision, duration, outcome,
     the token's label; never the token) whatever its outcome."""
     record: dict[str, Any] = {"repository": fqrn, "name": name, "size": 0, "revision": None,
@@ -339,7 +361,8 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
     status, reason = 500, "internal error"
     try:
         response = await _upload(service, request, record, fqrn, name, multipart=multipart,
-                                 unpack=unpack, overwrite=overwrite, ttl_s=ttl_s)
+                                 unpack=unpack, overwrite=overwrite, ttl_s=ttl_s,
+                                 expire_in=expire_in, sha256=sha256)
         status = response.status_code
         reason = _reason(response) if status >= 400 else ""
         if status == 200 and record.pop("refreshed", False):
@@ -369,12 +392,21 @@ async def _client_gone(request: Request) -> bool:
 
 async def _upload(service: UploadService, request: Request, record: dict[str, Any], fqrn: str,
                   name: str | None, *, multipart: bool, unpack: bool, overwrite: bool,
-                  ttl_s: int | None) -> Response:
+                  ttl_s: int | None, expire_in: str | None,
+                  sha256: str | None) -> Response:
     """Authorize, check, stream, commit, answer."""
     principal = await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
     record["token"] = principal.label
     repo = service.repository(fqrn)
-    ttl = principal.cap_ttl(service.ttl(ttl_s))
+    try:
+        ttl = _principal_lifetime(principal, fqrn, name, service.lifetime(ttl_s, expire_in),
+                                  explicit=ttl_s is not None or expire_in is not None)
+        want = digests.expected(request.headers.get("content-digest"), sha256)
+    except HTTPException as exc:
+        # refused before the body is read: drain it (bounded) so the client reads the reason
+        await _drain(request.stream(), DRAIN_LIMIT)
+        service.metrics.uploads.labels(fqrn, "refused").inc()
+        return error(exc.status_code, str(exc.detail))
     limit = service.settings.max_artifact_bytes
     declared = _declared_length(request)
     slack = 64 * 1024 if multipart else 0  # multipart framing around the file bytes
@@ -401,6 +433,8 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         chunks, raw_stream = body.chunks(), body.stream
     else:
         chunks = raw_stream = request.stream()
+    hashed = digests.HashingBody(chunks, want)
+    chunks = hashed.pieces()
     assert name is not None
     try:
         principal.authorize(fqrn, name=name)
@@ -428,8 +462,9 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
             extra = {"files": stats.files + stats.hardlinks, "image": stats.image}
         else:
             await _stage_file(tx, name, chunks, count)
-            extra = {}
-        tx.set_expiry(name, repo.clock() + ttl)
+            extra = {"sha256": hashed.hexdigest()}
+        hashed.verify()  # a mismatch raises 400 here: the transaction is aborted below
+        tx.set_expiry(name, None if ttl is None else repo.clock() + ttl)
     except BodyIdleTimeout as exc:
         tx.abort()
         return _timed_out(service, fqrn, exc)
@@ -472,8 +507,22 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         "name": name, "path": f"/cvmfs/{fqrn}/{name}", "size": info.size,
         "revision": result.revision, "expires_at": iso(info.expires_at),
         "upload_time_s": round(upload_time, 6), "publish_time_s": round(result.publish_time_s, 6),
-        "refreshed": name in result.refreshed, **extra,
+        "refreshed": name in result.refreshed, "digest_verified": want is not None, **extra,
     })
+
+
+def _principal_lifetime(principal: Any, fqrn: str, name: str | None, lifetime: int | None,
+                        *, explicit: bool) -> int | None:
+    """The lifetime this identity may give: an explicit one above its maximum (or ``never``
+    when it has one) is refused (403); the server's default is lowered to it."""
+    if principal.max_ttl_s is not None and lifetime is None:
+        raise HTTPException(403, f"'{principal.label}' may not upload artifacts that never "
+                                 f"expire (its maximum lifetime is {principal.max_ttl_s} s)")
+    if lifetime is None:
+        return None
+    if explicit:
+        principal.authorize(fqrn, name=name, ttl_s=lifetime)
+    return principal.cap_ttl(lifetime)
 
 
 def _detail_for(exc: BaseException) -> str:
@@ -540,6 +589,38 @@ def _disposition(filename: str) -> str:
     return f"attachment; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
 
 
+def _file_download(repo: Repository, request: Request, name: str, entry: Any) -> Response:
+    """A file artifact: 200, 206 (one ``Range``), 304 (``If-None-Match``) or 416, with a
+    strong ETag from the content hash; ``If-Range`` with another ETag (or a date) gets the
+    whole file. HEAD answers the same headers without reading any content."""
+    tag = downloads.etag(entry)
+    headers = {"ETag": tag, "Accept-Ranges": "bytes", "Content-Disposition": _disposition(name)}
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None and downloads.etag_matches(none_match, tag, weak=True):
+        return Response(status_code=304, headers=headers)
+    wanted = None
+    if_range = request.headers.get("if-range")
+    if if_range is None or downloads.etag_matches(if_range, tag, weak=False):
+        try:
+            wanted = downloads.parse_range(request.headers.get("range"), entry.size)
+        except downloads.Unsatisfiable:
+            return Response(status_code=416, headers={
+                **headers, "Content-Range": f"bytes */{entry.size}"})
+    if wanted is None:
+        status, first, last = 200, 0, entry.size - 1
+    else:
+        status, (first, last) = 206, wanted
+        headers["Content-Range"] = f"bytes {first}-{last}/{entry.size}"
+    headers["Content-Length"] = str(max(0, last - first + 1))
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers,
+                        media_type="application/octet-stream")
+    content = (downloads.file_content(repo, entry) if status == 200
+               else downloads.file_range(repo, entry, first, last))
+    return downloads.SlotResponse(downloads.stream(content), None, status_code=status,
+                                  media_type="application/octet-stream", headers=headers)
+
+
 # --------------------------------------------------------------------------------------------
 # routes
 
@@ -553,17 +634,21 @@ def router() -> APIRouter:
     @r.post("/repos/{fqrn}")
     async def post_upload(request: Request, fqrn: str, unpack: bool = False,
                           overwrite: bool = False, ttl_s: int | None = None,
-                          name: str | None = None) -> Response:
+                          name: str | None = None, expire_in: str | None = None,
+                          sha256: str | None = None) -> Response:
         """Seed-compatible multipart upload (field ``file``; its filename names the artifact)."""
         return await upload(svc(request), request, fqrn, name, multipart=True, unpack=unpack,
-                            overwrite=overwrite, ttl_s=ttl_s)
+                            overwrite=overwrite, ttl_s=ttl_s, expire_in=expire_in,
+                            sha256=sha256)
 
     @r.put("/repos/{fqrn}/{name:path}")
     async def put_upload(request: Request, fqrn: str, name: str, unpack: bool = False,
-                         overwrite: bool = False, ttl_s: int | None = None) -> Response:
+                         overwrite: bool = False, ttl_s: int | None = None,
+                         expire_in: str | None = None, sha256: str | None = None) -> Response:
         """Raw body upload (``curl -T file``)."""
         return await upload(svc(request), request, fqrn, name, multipart=False, unpack=unpack,
-                            overwrite=overwrite, ttl_s=ttl_s)
+                            overwrite=overwrite, ttl_s=ttl_s, expire_in=expire_in,
+                            sha256=sha256)
 
     @r.get("/repos/{fqrn}")
     async def list_artifacts(request: Request, fqrn: str) -> Response:
@@ -575,15 +660,26 @@ def router() -> APIRouter:
                        "expires_at": iso(a.expires_at), "created_at": iso(a.created_at),
                        "revision": a.revision} for a in arts]})
 
+    @r.head("/repos/{fqrn}/{name:path}")
+    async def head_download(request: Request, fqrn: str, name: str) -> Response:
+        """The download's headers, without its body (a directory's tar is not generated)."""
+        return await download(request, fqrn, name)
+
     @r.get("/repos/{fqrn}/{name:path}")
     async def download(request: Request, fqrn: str, name: str) -> Response:
         service = svc(request)
         repo = service.repository(fqrn)
+        head = request.method == "HEAD"
         try:
             validate_artifact_name(name)
             info = await asyncio.to_thread(repo.artifact, name)
         except RepositoryError as exc:
             return error(status_for(exc), str(exc))
+        if info.kind == "dir" and head:
+            # headers only: the tar is neither generated nor admitted (its size is unknown
+            # without generating it, so no Content-Length)
+            return Response(headers={"Content-Type": "application/x-tar",
+                                     "Content-Disposition": _disposition(name + ".tar")})
         slot = None
         if info.kind == "dir":
             # admitted before the tree is read: the tree is what costs memory
@@ -599,11 +695,7 @@ def router() -> APIRouter:
             raise
         top = tree[f"/{name}"]
         if top.is_regular:
-            content = downloads.file_content(repo, top)
-            return downloads.SlotResponse(downloads.stream(content, slot), slot,
-                                          media_type="application/octet-stream",
-                                          headers={"Content-Length": str(top.size),
-                                                   "Content-Disposition": _disposition(name)})
+            return _file_download(repo, request, name, top)
         pieces = downloads.tar_pieces(repo, downloads.sorted_entries(tree))
         del tree  # the sorted iterator holds what the stream still needs
         return downloads.SlotResponse(downloads.stream(pieces, slot), slot,
@@ -630,20 +722,22 @@ def router() -> APIRouter:
 
     @r.post("/repos/{fqrn}/{name}/ttl")
     async def set_ttl(request: Request, fqrn: str, name: str,
-                      ttl_s: int | None = None) -> Response:
+                      ttl_s: int | None = None, expire_in: str | None = None) -> Response:
         service = svc(request)
         with _ChangeLog("ttl", fqrn, name) as change:
-            change.token = (await service.authorizer.check(request, fqrn, name=name,
-                                                           ttl_s=ttl_s)).label
+            principal = await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
+            change.token = principal.label
             repo = service.repository(fqrn)
-            if ttl_s is None:
-                return change.answer(error(422, "query parameter ttl_s is required"))
-            ttl = service.ttl(ttl_s)
+            if ttl_s is None and expire_in is None:
+                return change.answer(error(422, "query parameter ttl_s (or expire_in) is "
+                                                "required"))
+            ttl = _principal_lifetime(principal, fqrn, name,
+                                      service.lifetime(ttl_s, expire_in), explicit=True)
             change.fields["ttl_s"] = ttl
             try:
                 validate_artifact_name(name)
                 tx = repo.begin()
-                tx.set_expiry(name, repo.clock() + ttl)
+                tx.set_expiry(name, None if ttl is None else repo.clock() + ttl)
                 result = await service.committers[fqrn].commit(tx)
             except RepositoryError as exc:
                 return change.answer(error(status_for(exc), str(exc)))
