@@ -266,6 +266,21 @@ class DockerTarget:
         self.containers.append(container)
         return container
 
+    def _role_volume(
+        self, resource_name: str, engine_name: str, role: str, opts: pulumi.ResourceOptions
+    ) -> docker.Volume:
+        """A local volume of one role, labelled with the stack instance and the role."""
+        return docker.Volume(
+            resource_name,
+            name=engine_name,
+            driver="local",
+            labels=[
+                docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
+                docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.role", value=role),
+            ],
+            opts=opts,
+        )
+
     def _files_loader(
         self, role: str, image: pulumi.Input[str], files: list[FileSet], parent: pulumi.Resource
     ) -> "_Loader":
@@ -278,18 +293,10 @@ class DockerTarget:
         opts = pulumi.ResourceOptions(parent=parent, delete_before_replace=True)
         listing = sorted(f"{fs.directory}/{f}" for fs in files for f in fs.files)
         digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()[:8]
-        volume = docker.Volume(
-            f"{self.name}-{role}-files",
-            # A new file list (a repository removed) makes a new, empty volume, so files that are
-            # no longer declared (a removed repository's private keys) leave with the old one.
-            name=f"{self.name}-{role}-files-{digest}",
-            driver="local",
-            labels=[
-                docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
-                docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.role", value=role),
-            ],
-            opts=opts,
-        )
+        # A new file list (a repository removed) makes a new, empty volume, so files that are
+        # no longer declared (a removed repository's private keys) leave with the old one.
+        volume = self._role_volume(f"{self.name}-{role}-files", f"{self.name}-{role}-files-{digest}",
+                                   role, opts)
         uploads = []
         for fileset in files:
             for filename in sorted(fileset.files):
@@ -392,16 +399,7 @@ class DockerTarget:
             )
         ]
         if spec.disk_cache_mb > 0:
-            cache = docker.Volume(
-                f"{self.name}-{role}",
-                name=f"{self.name}-{role}",
-                driver="local",
-                labels=[
-                    docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.instance", value=self.name),
-                    docker.VolumeLabelArgs(label=f"{LABEL_PREFIX}.role", value=role),
-                ],
-                opts=opts,
-            )
+            cache = self._role_volume(f"{self.name}-{role}", f"{self.name}-{role}", role, opts)
             volumes.append(
                 docker.ContainerVolumeArgs(
                     volume_name=cache.name, container_path=spec.cache_dir, read_only=False
