@@ -222,6 +222,8 @@ class Settings(BaseSettings):
     #: token) may hold: one tenant's stalled uploads cannot take every slot.
     unpack_workers: int = Field(16, ge=1)
     unpack_workers_per_tenant: int = Field(4, ge=1)
+    #: parsers one repository may hold (its tokens share it, each up to the per-tenant cap)
+    unpack_workers_per_repository: int = Field(8, ge=1)
 
     # -- repository: staging, commits, full disk (runtime/repository/) --------------------
     #: Free space kept in reserve on the data directory's filesystem: uploads are refused with

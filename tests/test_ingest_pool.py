@@ -1,8 +1,8 @@
 """The unpack pool is shared fairly, and the event loop never waits on parsing.
 
 Against the real server over loopback: stalled archive uploads (bodies that stop sending) to
-one repository, with one team's token, cannot keep another team's archive upload to another
-repository from completing; the stalling token's own uploads wait for its share; and
+one repository cannot keep an archive upload to another repository from completing; a token's
+stalled uploads take only its share of its repository, leaving room for other tokens; and
 ``/healthz`` answers quickly while a large archive is parsed.
 """
 
@@ -71,23 +71,42 @@ def test_stalled_uploads_to_one_repository_do_not_starve_another(srv):
     assert wait_for(lambda: published(srv.repositories[FQRN])[1:] == ([], []))
 
 
-def test_a_stalling_token_waits_for_its_own_share_in_every_repository(srv):
-    """The token is a tenant too: its 4 stalled parsers are its share, so its upload to
-    another repository queues (holding no thread) instead of taking a fifth slot."""
-    pool = srv.app.state.uploads.unpack_pool
-    stalled = [stall(srv.url, FQRN, f"stalled{i}") for i in range(4)]
-    try:
-        assert wait_for(lambda: pool.snapshot() == {"running": 4, "waiting": 0}), pool.snapshot()
-        queued = stall(srv.url, OTHER, "same-token")
+SECOND = "second-team-token-7890"
+
+
+def stall_as(url: str, fqrn: str, name: str, token: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = (f"PUT /repos/{fqrn}/{name}?unpack=true HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: 100000000\r\n\r\n")
+    sock.sendall(head.encode() + make_tar([("first.txt", "file", b"x" * 100000)])[:4096])
+    return sock
+
+
+def test_a_stalling_token_waits_for_its_share_while_other_tokens_and_repositories_go_on(
+        tmp_path):
+    """A token is a tenant within its repository: its 4 stalled parsers are its share there, so
+    its 5th upload queues (holding no thread), while another token's upload to the same
+    repository, and the same token's upload to another repository, complete at once."""
+    tokens = f"{TOKEN},{SECOND},{SCOPED}:{OTHER}"
+    with live_server(settings(tmp_path, tokens=tokens)) as srv:
+        pool = srv.app.state.uploads.unpack_pool
+        stalled = [stall_as(srv.url, FQRN, f"stalled{i}", TOKEN) for i in range(5)]
         try:
             assert wait_for(lambda: pool.snapshot() == {"running": 4, "waiting": 1}), \
                 pool.snapshot()
+            tar = make_tar([(f"f{i}", "file", b"%d" % i) for i in range(50)])
+            for token, fqrn, name in [(SECOND, FQRN, "other-team"), (TOKEN, OTHER, "same-token")]:
+                with httpx.Client(base_url=srv.url, headers=auth(token), timeout=30) as c:
+                    started = time.perf_counter()
+                    r = put_archive(c, name, tar, fqrn=fqrn)
+                    assert r.status_code == 200, r.text
+                    assert time.perf_counter() - started < 10
+            assert pool.snapshot() == {"running": 4, "waiting": 1}
         finally:
-            queued.close()
-    finally:
-        for sock in stalled:
-            sock.close()
-    assert wait_for(lambda: pool.snapshot() == {"running": 0, "waiting": 0}), pool.snapshot()
+            for sock in stalled:
+                sock.close()
+        assert wait_for(lambda: pool.snapshot() == {"running": 0, "waiting": 0}), pool.snapshot()
 
 
 def test_healthz_answers_within_a_second_during_a_large_unpack(srv):

@@ -131,8 +131,8 @@ async def stage_archive_async(tx: Transaction, name: str, chunks: AsyncIterator[
     if limits is None:
         limits = pool.limits if pool is not None else IngestLimits()
     keys: list[Hashable] = [("repository", tx.repo.fqrn)]
-    if tenant is not None:
-        keys.append(("tenant", tenant))
+    if tenant is not None:  # counted within this repository (see pool.py)
+        keys.append(("tenant", tx.repo.fqrn, tenant))
     started = False
 
     def work() -> UnpackStats:

@@ -3,10 +3,13 @@
 An archive upload holds a parsing thread for as long as its body keeps arriving, so a client
 that stops sending (or sends slowly) holds it too. With one first-come pool, 16 stalled uploads
 to one repository blocked every archive upload of every repository. Here every upload names
-its tenants (its repository, and the token it came with when the caller passes one); a tenant
-runs at most ``per_tenant`` parsers at once, and when a slot frees, waiting uploads are served
-round-robin across tenants, so one tenant's uploads, stalled or just many, never keep another
-tenant from a slot. An upload waiting for a slot holds no thread: it waits on the event loop,
+its tenants: its repository, and the token it came with within that repository when the caller
+passes one. A repository runs at most ``per_repository`` parsers at once and one token in it at
+most ``per_tenant``; when a slot frees, waiting uploads are served round-robin across
+repositories, so one repository's uploads, stalled or just many, never keep another repository
+from a slot, and one token's stalled uploads leave room for the other tokens of the same
+repository. A token is counted per repository: a single token shared by every CI job (the
+embedded default's) must not let one stalled job block the others' repositories. An upload waiting for a slot holds no thread: it waits on the event loop,
 and its body stays in the kernel's socket buffers (the body pipe in front of the parser is
 bounded), so waiting costs no memory to speak of.
 
@@ -34,19 +37,26 @@ class UnpackPool(ThreadPoolExecutor):
     """
 
     def __init__(self, workers: int = 16, per_tenant: int = 4,
-                 limits: IngestLimits | None = None):
+                 limits: IngestLimits | None = None, per_repository: int | None = None):
         super().__init__(workers, thread_name_prefix="unpack")
         self.workers = workers
         self.per_tenant = max(1, min(per_tenant, workers))
+        #: a repository's cap; its tokens' (per_tenant) is within it. Default: per_tenant, so a
+        #: pool without tokens behaves as one with per-repository shares only.
+        self.per_repository = max(self.per_tenant, min(per_repository or self.per_tenant, workers))
         self.limits = limits or IngestLimits()
         self.running: dict[Hashable, int] = {}
         self.total = 0
         #: tenant key of the first key of a waiter -> its waiters, in round-robin order
         self._waiting: OrderedDict[Hashable, deque[tuple[tuple, asyncio.Future]]] = OrderedDict()
 
+    def _cap(self, key: Hashable) -> int:
+        is_repository = isinstance(key, tuple) and key[:1] == ("repository",)
+        return self.per_repository if is_repository else self.per_tenant
+
     def _fits(self, keys: tuple) -> bool:
         return (self.total < self.workers
-                and all(self.running.get(k, 0) < self.per_tenant for k in keys))
+                and all(self.running.get(k, 0) < self._cap(k) for k in keys))
 
     def _take(self, keys: tuple) -> None:
         self.total += 1

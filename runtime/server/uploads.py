@@ -125,7 +125,8 @@ class UploadService:
     def __post_init__(self) -> None:
         self.unpack_pool = UnpackPool(self.settings.unpack_workers,
                                       self.settings.unpack_workers_per_tenant,
-                                      IngestLimits.from_settings(self.settings))
+                                      IngestLimits.from_settings(self.settings),
+                                      self.settings.unpack_workers_per_repository)
         self.downloads = DownloadSlots(self.settings.max_downloads_per_client,
                                        self.settings.max_downloads,
                                        self.settings.max_download_entries)
