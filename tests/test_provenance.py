@@ -224,3 +224,27 @@ def test_the_client_sends_meta_options_and_ci_defaults(tmp_path):
         assert listed(srv, "b-none")["provenance"]["meta"] == {}
         bad = run_cli(str(f), "--url", srv.url, "--repo", FQRN, "--meta", "no-equals-sign")
         assert bad.exit_code == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_an_oidc_upload_records_issuer_subject_and_the_run_claims(tmp_path):
+    from tests.oidc_issuer import AUDIENCE, github_claims, running_issuer
+
+    with running_issuer() as gh:
+        oidc = json.dumps({"issuers": [{
+            "issuer": gh.url, "audience": AUDIENCE, "name": "github",
+            "web_url": "https://github.example", "policies": [{
+                "name": "app", "claims": {"repository": "octo-org/app"},
+                "repository": FQRN, "prefix": "gh+{repository_id}+"}]}]})
+        token = gh.sign(github_claims(gh.url))
+        with server(tmp_path, oidc=oidc) as srv:
+            r = httpx.put(f"{srv.url}/repos/{FQRN}/gh+123456+b", content=b"x", timeout=30,
+                          headers={**auth(token), "X-Artifact-Meta-Ref": "refs/heads/main"})
+            assert r.status_code == 200, r.text
+            by = listed(srv, "gh+123456+b")["provenance"]["uploaded_by"]
+            assert by["kind"] == "oidc" and by["issuer"] == gh.url and by["policy"] == "app"
+            assert by["subject"] == "repo:octo-org/app:ref:refs/heads/main"
+            assert by["claims"]["repository"] == "octo-org/app"
+            assert by["claims"]["sha"] == "d6f2f5a4c1b0e9e8d7c6b5a4f3e2d1c0b9a8f7e6"
+            assert r.json()["provenance"]["uploaded_by"] == by
+            db = state_bytes(srv.repositories[FQRN])
+            assert token.encode() not in db and token.split(".")[2].encode() not in db
