@@ -301,7 +301,8 @@ def register(app: typer.Typer) -> None:
             help="GitLab: the id_tokens variable holding the token."),
         meta: List[str] = typer.Option(
             [], "--meta", metavar="KEY=VALUE",
-            help="Metadata kept with the artifact (X-Artifact-Meta-KEY header); repeatable."),
+            help="Metadata kept with the artifact (X-Artifact-Meta-KEY header); repeatable.",
+            show_default="none, plus the CI job's commit-sha, pipeline-url and ref"),
         no_ci_meta: bool = typer.Option(
             False, "--no-ci-meta", help="Do not add commit-sha, pipeline-url and ref from the "
             "GitHub Actions or GitLab CI environment."),
