@@ -10,14 +10,21 @@ sent again; the server keeps nothing of a failed attempt). A 4xx answer is final
 status is 0 only when the artifact is published; the path and expiry are printed (JSON with
 ``--json``). ``--wait-visible`` then polls the public ``.cvmfspublished`` until the stratum 0
 serves that revision.
+
+Metadata: each ``--meta KEY=VALUE`` is sent as an ``X-Artifact-Meta-KEY`` header and kept with
+the artifact's provenance. In GitHub Actions and GitLab CI the job's ``commit-sha``,
+``pipeline-url`` and ``ref`` are added from the runner's environment (:func:`ci_metadata`;
+``--no-ci-meta`` leaves them out; an explicit ``--meta`` of the same key wins).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, List, Mapping, Optional
 
 import typer
 
@@ -109,11 +116,54 @@ class _Progress:
             self._bar.advance(self._task, n)
 
 
+_META_KEY = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def ci_metadata(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``commit-sha``, ``pipeline-url`` and ``ref`` of the CI job running this, if any.
+
+    GitHub Actions: ``GITHUB_SHA``, ``GITHUB_SERVER_URL``/``GITHUB_REPOSITORY``/actions/runs/
+    ``GITHUB_RUN_ID``, ``GITHUB_REF``. GitLab CI: ``CI_COMMIT_SHA``, ``CI_PIPELINE_URL``,
+    ``CI_COMMIT_REF_NAME``. Elsewhere: nothing.
+    """
+    env = os.environ if env is None else env
+    out: dict[str, str] = {}
+    if env.get("GITHUB_ACTIONS") == "true" or env.get("GITHUB_SHA"):
+        if env.get("GITHUB_SHA"):
+            out["commit-sha"] = env["GITHUB_SHA"]
+        if env.get("GITHUB_SERVER_URL") and env.get("GITHUB_REPOSITORY") \
+                and env.get("GITHUB_RUN_ID"):
+            out["pipeline-url"] = (f"{env['GITHUB_SERVER_URL'].rstrip('/')}/"
+                                   f"{env['GITHUB_REPOSITORY']}/actions/runs/"
+                                   f"{env['GITHUB_RUN_ID']}")
+        if env.get("GITHUB_REF"):
+            out["ref"] = env["GITHUB_REF"]
+    elif env.get("GITLAB_CI") == "true" or env.get("CI_COMMIT_SHA"):
+        for key, var in (("commit-sha", "CI_COMMIT_SHA"), ("pipeline-url", "CI_PIPELINE_URL"),
+                         ("ref", "CI_COMMIT_REF_NAME")):
+            if env.get(var):
+                out[key] = env[var]
+    return out
+
+
+def parse_meta(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict; a malformed one is a usage error (exit status 2)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _META_KEY.fullmatch(key):
+            raise UploadFailed(f"--meta {item!r}: expected KEY=VALUE with KEY of 1 to 64 "
+                               "A-Z a-z 0-9 -", 2)
+        out[key.lower()] = value
+    return out
+
+
 def upload(source: Path, *, url: str, repo: str, name: str | None = None,
            ttl_s: int | None = None, unpack: bool = False, overwrite: bool = False,
            token: str = "", retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 600.0,
            progress: bool = False, log: Callable[[str], None] = lambda _m: None,
-           expire_in: str | None = None, digest: bool = True) -> dict:
+           expire_in: str | None = None, digest: bool = True,
+           meta: Mapping[str, str] | None = None) -> dict:
     """Upload ``source``; return the server's JSON answer. Raises :class:`UploadFailed`.
 
     With ``digest`` (the default) a file up to :data:`DIGEST_PREPASS_LIMIT` is sent with its
@@ -152,6 +202,9 @@ def upload(source: Path, *, url: str, repo: str, name: str | None = None,
                 "Content-Digest (see --no-digest)")
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    for key, value in (meta or {}).items():
+        # httpx sends str headers as ASCII: UTF-8 values go as bytes
+        headers[f"X-Artifact-Meta-{key}"] = value.encode("utf-8")  # type: ignore[assignment]
     endpoint = f"{url.rstrip('/')}/repos/{repo}/{_quote(name)}"
     attempt = 0
     with _Progress(size, name, progress) as bar, httpx.Client(timeout=timeout_s) as client:
@@ -285,6 +338,13 @@ def register(app: typer.Typer) -> None:
         id_token_var: str = typer.Option(
             "CVMFS_EPHEMERAL_ID_TOKEN", "--id-token-var", metavar="VAR",
             help="GitLab: the id_tokens variable holding the token."),
+        meta: List[str] = typer.Option(
+            [], "--meta", metavar="KEY=VALUE",
+            help="Metadata kept with the artifact (X-Artifact-Meta-KEY header); repeatable.",
+            show_default="none, plus the CI job's commit-sha, pipeline-url and ref"),
+        no_ci_meta: bool = typer.Option(
+            False, "--no-ci-meta", help="Do not add commit-sha, pipeline-url and ref from the "
+            "GitHub Actions or GitLab CI environment."),
     ) -> None:
         """Upload an artifact for a CI job (token from CVMFS_EPHEMERAL_TOKEN or
         CVMFS_EPHEMERAL_TOKEN_FILE, or the job's identity token with --oidc; never from the
@@ -295,12 +355,14 @@ def register(app: typer.Typer) -> None:
         token = client_token()
         say = lambda m: typer.echo(m, err=True)  # noqa: E731
         try:
+            metadata = {} if no_ci_meta else ci_metadata()
+            metadata.update(parse_meta(meta))
             if oidc is not None:
                 token = _identity_token(oidc, audience or url.rstrip("/"), id_token_var)
             result = upload(source, url=url, repo=repo, name=name or as_, ttl_s=ttl_s,
                             unpack=unpack, overwrite=overwrite, token=token, retries=retries,
                             progress=sys.stderr.isatty() and not as_json, log=say,
-                            expire_in=expire_in, digest=not no_digest)
+                            expire_in=expire_in, digest=not no_digest, meta=metadata)
             if wait:
                 base = public_url or f"{url.rstrip('/')}/cvmfs/{repo}"
                 wait_visible(f"{base.rstrip('/')}/.cvmfspublished", int(result["revision"]))

@@ -154,6 +154,8 @@ class Commit:
         self.arts: dict[str, ArtifactRow] = {}
         self.work: dict[str, Tree | None] = {}
         self.expiry: dict[str, float | None] = {}
+        #: provenance of the accepted transactions' artifacts (``Transaction.set_provenance``)
+        self.provenance: dict[str, dict | None] = {}
         self.errors: dict[int, Exception] = {}
         self.accepted: list["Transaction"] = []
         self.new_rows: dict[str, ArtifactRow | None] = {}
@@ -235,6 +237,9 @@ class Commit:
                 continue
             self.work = trial
             self.expiry.update(tx.expiry)
+            for name in tx.staged:  # replaced whole: the previous uploader's record goes
+                self.provenance[name] = tx.provenance.get(name)
+            self.provenance.update(tx.provenance)
             self.accepted.append(tx)
 
     def expired(self, work: dict[str, Tree | None], before: float) -> list[str]:
@@ -330,6 +335,22 @@ class Commit:
                 row = self.new_rows[name] = copy.copy(arts[name])
                 row.expires_at = exp
                 self.refreshed.append(name)
+        self.attach_provenance()
+
+    def attach_provenance(self) -> None:
+        """Give the rows written by this commit the provenance their transactions set.
+
+        Rows in ``new_rows`` are copies or new (never the shared cached rows); an artifact
+        whose provenance alone changes gets a copied row, like an expiry change.
+        """
+        for name, provenance in self.provenance.items():
+            row = self.new_rows.get(name)
+            if row is None:
+                if name in self.new_rows or name not in self.arts:
+                    continue  # removed, or never present: nothing to record it on
+                row = self.new_rows[name] = copy.copy(self.arts[name])
+                self.refreshed.append(name)
+            row.provenance = provenance
 
     def stage_artifact(self, name: str, tree: Tree, digest: str, old: ArtifactRow | None,
                        expires_at: float | None) -> ArtifactRow:
@@ -340,9 +361,10 @@ class Commit:
         size = sum(e.size for e in tree.values() if e.is_regular)
         files = sum(1 for e in tree.values() if e.is_regular)
         created = old.created_at if old is not None else float(repo.clock())
+        kept = old.provenance if old is not None else None
         if not top.is_dir:
             return ArtifactRow(name, top, None, None, None, digest, size, files, created,
-                               expires_at, 0)
+                               expires_at, 0, kept)
         compressed = repo.config.compression == "zlib"
         empty = repo.store.put_content(b"", "", compressed)
         marker = Entry(path=f"{top_path}/{MARKER_NAME}", mode=stat.S_IFREG | 0o644, mtime=now,
@@ -356,7 +378,7 @@ class Commit:
         mount = Entry(path=top_path, mode=top.mode, mtime=top.mtime, size=top.size,
                       uid=top.uid, gid=top.gid, linkcount=2 + subdirs)
         return ArtifactRow(name, mount, obj.hex, len(built.data), built.counters, digest, size,
-                           files, created, expires_at, 0)
+                           files, created, expires_at, 0, kept)
 
     def stage_streamed(self, name: str, tree: StagedTree, old: ArtifactRow | None,
                        expires_at: float | None) -> None:
@@ -381,12 +403,13 @@ class Commit:
             self.refreshed.append(name)
             return
         created = old.created_at if old is not None else float(repo.clock())
+        kept = old.provenance if old is not None else None
         top = tree.top_entry()
         assert top is not None
         self.changed.append(name)
         if not top.is_dir:
             self.new_rows[name] = ArtifactRow(name, top, None, None, None, hexdigest, size,
-                                              files, created, expires_at, 0)
+                                              files, created, expires_at, 0, kept)
             return
         compressed = repo.config.compression == "zlib"
         empty = repo.store.put_content(b"", "", compressed)
@@ -413,7 +436,7 @@ class Commit:
         mount = Entry(path=top_path, mode=top.mode, mtime=top.mtime, size=top.size,
                       uid=top.uid, gid=top.gid, linkcount=2 + top_subdirs)
         self.new_rows[name] = ArtifactRow(name, mount, hex_, raw_size, counters, hexdigest, size,
-                                          files, created, expires_at, 0)
+                                          files, created, expires_at, 0, kept)
 
     # -- step 4: root catalog and manifest -----------------------------------------------
     def final_rows(self) -> dict[str, ArtifactRow]:

@@ -236,7 +236,8 @@ class Repository:
 
     def artifacts(self) -> list[ArtifactInfo]:
         return [ArtifactInfo(a.name, kind_of(a.top), a.size, a.files, a.created_at,
-                             a.expires_at, a.revision, a.content_digest, a.catalog_hash)
+                             a.expires_at, a.revision, a.content_digest, a.catalog_hash,
+                             a.provenance)
                 for a in sorted(self._rows().values(), key=lambda a: a.name)]
 
     def artifact(self, name: str) -> ArtifactInfo:

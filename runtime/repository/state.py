@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS artifacts (
     files INTEGER NOT NULL,
     created_at REAL NOT NULL,
     expires_at REAL,
-    revision INTEGER NOT NULL
+    revision INTEGER NOT NULL,
+    provenance TEXT
 );
 CREATE TABLE IF NOT EXISTS revisions (
     revision INTEGER PRIMARY KEY,
@@ -58,6 +59,17 @@ CREATE TABLE IF NOT EXISTS revisions (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+#: Columns added to ``artifacts`` after its first release, with their type: a ``state.db``
+#: written by an older version gets them (NULL for its artifacts) when it is next opened.
+ADDED_COLUMNS: dict[str, str] = {
+    # who uploaded the artifact and the metadata they sent (JSON; NULL: not recorded)
+    "provenance": "TEXT",
+}
+
+ARTIFACT_COLUMNS = ("name", "kind", "entry", "catalog_hash", "catalog_size", "counters",
+                    "content_digest", "size", "files", "created_at", "expires_at", "revision",
+                    "provenance")
 
 SQLITE_FULL = 13
 
@@ -99,6 +111,24 @@ def entry_from_json(name: str, text: str) -> Entry:
                  symlink=d["symlink"], compressed=d["compressed"], linkcount=d["linkcount"])
 
 
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns of :data:`ADDED_COLUMNS` that an older ``state.db`` lacks.
+
+    ``ALTER TABLE ADD COLUMN`` is one atomic SQLite statement that rewrites no row: a process
+    dying during it leaves the old schema or the new one, and the next open finishes the job.
+    Two processes migrating at once: the loser's "duplicate column" error is ignored.
+    """
+    present = {row[1] for row in conn.execute("PRAGMA table_info(artifacts)")}
+    for column, decl in ADDED_COLUMNS.items():
+        if column in present:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE artifacts ADD COLUMN {column} {decl}")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+
+
 def kind_of(e: Entry) -> str:
     return "dir" if e.is_dir else "symlink" if e.is_symlink else "file"
 
@@ -118,6 +148,9 @@ class ArtifactRow:
     created_at: float
     expires_at: float | None
     revision: int
+    #: who uploaded it and the metadata they sent (``Transaction.set_provenance``); None for
+    #: artifacts published without it (and those of an older state.db)
+    provenance: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +164,7 @@ class ArtifactInfo:
     revision: int
     content_digest: str
     catalog_hash: str | None
+    provenance: dict | None = None
 
 
 def digest_line(rel_path: str, e: Entry) -> str:
@@ -190,6 +224,7 @@ class State:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(SCHEMA)
+            migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -277,9 +312,12 @@ class State:
     @staticmethod
     def _read_artifacts(conn: sqlite3.Connection) -> dict[str, ArtifactRow]:
         out = {}
+        # a read-only connection to a state.db not yet migrated has no provenance column
+        present = {row[1] for row in conn.execute("PRAGMA table_info(artifacts)")}
+        provenance = "provenance" if "provenance" in present else "NULL"
         for row in conn.execute(
             "SELECT name, entry, catalog_hash, catalog_size, counters, content_digest, size,"
-            " files, created_at, expires_at, revision FROM artifacts"
+            f" files, created_at, expires_at, revision, {provenance} FROM artifacts"
         ):
             name = row[0]
             out[name] = ArtifactRow(
@@ -287,7 +325,8 @@ class State:
                 catalog_size=row[3],
                 counters=Counters.from_json(json.loads(row[4])) if row[4] else None,
                 content_digest=row[5], size=row[6], files=row[7], created_at=row[8],
-                expires_at=row[9], revision=row[10])
+                expires_at=row[9], revision=row[10],
+                provenance=json.loads(row[11]) if row[11] else None)
         return out
 
     @staticmethod
@@ -303,12 +342,15 @@ class State:
                 conn.execute("DELETE FROM artifacts WHERE name=?", (name,))
                 continue
             conn.execute(
-                "INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO artifacts ({', '.join(ARTIFACT_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(ARTIFACT_COLUMNS))})",
                 (name, kind_of(art.top), entry_to_json(art.top), art.catalog_hash,
                  art.catalog_size,
                  json.dumps(art.counters.to_json()) if art.counters else None,
                  art.content_digest, art.size, art.files, art.created_at, art.expires_at,
-                 art.revision))
+                 art.revision,
+                 json.dumps(art.provenance, sort_keys=True) if art.provenance is not None
+                 else None))
         if not in_tx:
             conn.execute("COMMIT")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import stat
 import time
@@ -30,7 +31,7 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from ..cvmfs.catalog import Entry
 from ..cvmfs.chunking import FileContent, FileWriter
@@ -109,6 +110,8 @@ class Transaction:
         self.id = uuid.uuid4().hex
         self.ops: list[Op] = []
         self.expiry: dict[str, float | None] = {}
+        #: provenance to record on artifacts (``set_provenance``)
+        self.provenance: dict[str, dict | None] = {}
         self.require_absent: set[str] = set()
         #: the artifacts this transaction replaces whole (their top-level entry is staged),
         #: with their entries (``staged.py``: on disk once there are many)
@@ -258,6 +261,24 @@ class Transaction:
 
     def set_expiry(self, name: str, expires_at: float | None) -> None:
         self.expiry[validate_artifact_name(name)] = expires_at
+
+    def set_provenance(self, name: str, provenance: Mapping[str, object] | None) -> None:
+        """Record who published artifact ``name`` (and what they said about it) in state.db.
+
+        Kept only in ``state.db``, never in the published tree. An artifact this transaction
+        replaces whole gets exactly this provenance (None when it is never set: a new
+        uploader never inherits the previous one's); one only edited or given a new expiry
+        keeps what it had unless this is called. Must be JSON: refused here (400), so a bad
+        value never reaches a group commit.
+        """
+        name = validate_artifact_name(name)
+        if provenance is None:
+            self.provenance[name] = None
+            return
+        try:
+            self.provenance[name] = json.loads(json.dumps(dict(provenance)))
+        except (TypeError, ValueError) as exc:
+            raise InvalidPath(f"provenance of {name!r} is not JSON: {exc}") from None
 
     def remove_expired(self, before: float) -> None:
         """Remove every artifact whose ``expires_at`` is at or before ``before``.

@@ -48,6 +48,7 @@ from .bodytimeout import BodyIdleTimeout
 from .committer import GroupCommitter
 from .downloads import DownloadSlots
 from .metrics import Metrics
+from .provenance import InvalidMetadata, metadata_from_headers, record as provenance_record
 from ..ingest import IngestLimits, UnpackPool
 from .unpack import ArchiveError, ArtifactTooLarge, stage_archive_async
 
@@ -63,7 +64,7 @@ MAX_PART_HEADER_BYTES = 16 * 1024
 _STATUS: list[tuple[type[BaseException], int]] = [
     (ArtifactTooLarge, 413), (ArchiveError, 400), (InvalidPath, 400), (ArtifactExists, 409),
     (ArtifactNotFound, 404), (NotInitialized, 404), (RepositoryLocked, 503),
-    (RepositoryError, 400),
+    (RepositoryError, 400), (InvalidMetadata, 400),
 ]
 
 
@@ -440,10 +441,11 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
     try:
         principal.authorize(fqrn, name=name)
         validate_artifact_name(name)
+        meta = metadata_from_headers(request.headers.raw)
         if not overwrite and any(a.name == name for a in repo.artifacts()):
             raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}; "
                                  "pass overwrite=true to replace it")
-    except RepositoryError as exc:
+    except (RepositoryError, InvalidMetadata) as exc:
         await _drain(raw_stream, DRAIN_LIMIT)
         service.metrics.uploads.labels(fqrn, "refused").inc()
         return error(status_for(exc), str(exc))
@@ -466,6 +468,7 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
             extra = {"sha256": hashed.hexdigest()}
         hashed.verify()  # a mismatch raises 400 here: the transaction is aborted below
         tx.set_expiry(name, None if ttl is None else repo.clock() + ttl)
+        tx.set_provenance(name, provenance_record(principal, meta))
     except BodyIdleTimeout as exc:
         tx.abort()
         return _timed_out(service, fqrn, exc)
@@ -509,6 +512,7 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         "revision": result.revision, "expires_at": iso(info.expires_at),
         "upload_time_s": round(upload_time, 6), "publish_time_s": round(result.publish_time_s, 6),
         "refreshed": name in result.refreshed, "digest_verified": want is not None, **extra,
+        "provenance": info.provenance,
     })
 
 
@@ -659,7 +663,7 @@ def router() -> APIRouter:
             "repository": fqrn, "revision": repo.revision(),
             "files": [{"name": a.name, "kind": a.kind, "size": a.size, "files": a.files,
                        "expires_at": iso(a.expires_at), "created_at": iso(a.created_at),
-                       "revision": a.revision} for a in arts]})
+                       "revision": a.revision, "provenance": a.provenance} for a in arts]})
 
     @r.head("/repos/{fqrn}/{name:path}")
     async def head_download(request: Request, fqrn: str, name: str) -> Response:
