@@ -64,7 +64,7 @@ def test_repository_page_lists_artifacts_with_size_files_and_expiry(served, clie
     assert size == ui.human_size(arts["build-42"].size)
     absolute = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(arts["build-42"].expires_at))
     assert re.match(r"in 6 d 23 h|in 7 d", expires) and absolute in expires
-    assert provenance == "–"  # the listing carries no provenance yet
+    assert provenance == "env-1 (token)"  # the uploading token's label, never its secret
     assert rows["hello.txt"][1:4] == ["file", "6 B", "1"]
     assert rows["hello.txt"][5].startswith(("in 59 min", "in 1 h"))
     assert "just now" in created or "ago" in created

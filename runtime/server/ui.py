@@ -108,13 +108,21 @@ class When:
 
 
 def provenance(a: ArtifactInfo) -> str | None:
-    """Who uploaded it and with what metadata, when the listing carries it (issue 12 item 5)."""
+    """Who uploaded it and the metadata it came with, in words: ``env-1 (token)`` or
+    ``https://token.actions.githubusercontent.com: repo:org/app:ref:… (oidc)``, then the
+    uploader's ``key=value`` pairs (the record is runtime/server/provenance.py's)."""
     value: Any = getattr(a, "provenance", None)
     if not value:
         return None
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {v}" for k, v in value.items())
-    return str(value)
+    if not isinstance(value, dict):
+        return str(value)
+    who = value.get("uploaded_by") or {}
+    if who.get("kind") == "oidc":
+        by = f"{who.get('issuer', '?')}: {who.get('subject', '?')} (oidc)"
+    else:
+        by = f"{who.get('label', '?')} ({who.get('kind', 'token')})"
+    meta = value.get("meta") or {}
+    return "; ".join([by, *(f"{k}={v}" for k, v in sorted(meta.items()))])
 
 
 def kind_of(mode: int) -> str:
