@@ -174,6 +174,10 @@ class StagedTree:
     def top_entry(self) -> Entry | None:
         return self._get(self.top)
 
+    def get(self, path: str) -> Entry | None:
+        """The entry staged at the full catalog path ``path`` (``/name/...``), if any."""
+        return self._get(path)
+
     def entries(self) -> Iterator[tuple[Entry, int]]:
         """``(entry, subdirectories)`` in path order (byte order of UTF-8 = code point order)."""
         if self._mem is not None:

@@ -233,6 +233,25 @@ class Transaction:
         """
         self._record_file(as_parts(path), content, mode, mtime)
 
+    def staged_content(self, path: str | ValidPath) -> FileContent | None:
+        """The content of the regular file staged at ``path`` so far, or None.
+
+        Lets an archive's hard link find its target's content in what is already staged (on
+        disk once there are many entries) instead of the unpacker keeping every file's content
+        in memory until the end.
+        """
+        parts = as_parts(path)
+        tree = self.staged.get(parts[0])
+        if tree is not None:
+            entry = tree.get(catalog_path(parts))
+        else:
+            entry = next((op.entry for op in reversed(self.ops)
+                          if tuple(op.parts) == tuple(parts)), None)
+        if entry is None or not stat.S_ISREG(entry.mode):
+            return None
+        return FileContent(size=entry.size, compressed=entry.compressed, digest=entry.digest,
+                           chunks=list(entry.chunks))
+
     def open_file(self, path: str, *, mode: int = 0o644, mtime: int | None = None) -> StagedFile:
         """Stage a file whose bytes arrive later (``write``/``awrite`` then ``close``/``aclose``)."""
         parts = split_path(path)
