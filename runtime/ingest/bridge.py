@@ -9,7 +9,6 @@ result is awaited, never joined.
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
 from collections import deque
 from concurrent.futures import Executor
@@ -21,6 +20,7 @@ from .errors import ArchiveError, one_line
 from .limits import IngestLimits
 from .pool import UnpackPool
 from .stage import stage_archive
+from .streams import ReadStream
 
 #: Body bytes waiting for the parser, per upload.
 PIPE_BYTES = 8 * 1024 * 1024
@@ -30,7 +30,7 @@ class ClientGone(ArchiveError):
     """The body stream ended with an error (client disconnected); raised in the reader."""
 
 
-class BodyPipe(io.RawIOBase):
+class BodyPipe(ReadStream):
     """A bounded byte pipe: an event loop pushes request body chunks, a thread reads them.
 
     At most ``limit`` bytes wait in the pipe; ``put`` suspends (without blocking the loop)
@@ -48,9 +48,6 @@ class BodyPipe(io.RawIOBase):
         self._error: BaseException | None = None
         self._abandoned = False
         self._space = asyncio.Event()
-
-    def readable(self) -> bool:
-        return True
 
     # -- producer side (event loop) --------------------------------------------------------
     async def put(self, data: bytes) -> None:
@@ -104,11 +101,6 @@ class BodyPipe(io.RawIOBase):
             self._size -= len(out)
         self._loop.call_soon_threadsafe(self._space.set)
         return out
-
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
 
 async def stage_archive_async(tx: Transaction, name: str, chunks: AsyncIterator[bytes], *,

@@ -36,15 +36,26 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_SIZE = 256 * 1024
 
 
-class PeekReader(io.RawIOBase):
+class ReadStream(io.RawIOBase):
+    """A readable raw stream defined by its ``read`` alone: every reader of the ingest chain
+    (peek, decompress, zstd framing, the body pipe) hands tarfile and ``io.BufferedReader``
+    ``readinto`` through this one adapter."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+class PeekReader(ReadStream):
     """A read-only stream that can look at its first bytes without consuming them."""
 
     def __init__(self, raw: BinaryIO):
         self._raw = raw
         self._head = b""
-
-    def readable(self) -> bool:
-        return True
 
     def peek(self, n: int) -> bytes:
         while len(self._head) < n:
@@ -63,11 +74,6 @@ class PeekReader(io.RawIOBase):
             head, self._head = self._head[:n], self._head[n:]
             return head
         return self._raw.read(n)
-
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
 
 def detect(head: bytes) -> str:
@@ -92,7 +98,7 @@ _NEW: dict[str, Callable[[], object]] = {
 _CODEC_ERRORS = (zlib.error, OSError, lzma.LZMAError, EOFError, ValueError)
 
 
-class Decompressed(io.RawIOBase):
+class Decompressed(ReadStream):
     """gzip/bzip2/xz bytes of ``source`` decompressed; refuses a corrupt or unfinished stream.
 
     ``read(n)`` returns at most ``n`` bytes (the decompressors' ``max_length``), so memory stays
@@ -108,14 +114,6 @@ class Decompressed(io.RawIOBase):
         self._members = 0
         self._done = False
         self._zlib = kind == "gzip"
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
@@ -182,7 +180,7 @@ class Decompressed(io.RawIOBase):
         return out
 
 
-class ZstdFraming(io.RawIOBase):
+class ZstdFraming(ReadStream):
     """Passes compressed zstd bytes through while walking their frame and block headers, so
     that a stream which stops between two blocks (which the decompressor takes for a clean end)
     is refused. Only headers are parsed; block contents are skipped."""
@@ -196,14 +194,6 @@ class ZstdFraming(io.RawIOBase):
         self._after_skip = "magic"
         self._checksum = False
         self.frames = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
     def read(self, n: int = -1) -> bytes:
         data = self._src.read(READ_SIZE if n is None or n < 0 else n)
@@ -279,7 +269,7 @@ class ZstdFraming(io.RawIOBase):
             self._enter(state)
 
 
-class ZstdStream(io.RawIOBase):
+class ZstdStream(ReadStream):
     """zstd bytes of ``source`` decompressed (all frames), refused unless complete."""
 
     def __init__(self, source: BinaryIO):
@@ -287,14 +277,6 @@ class ZstdStream(io.RawIOBase):
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             self._framing, read_size=READ_SIZE, read_across_frames=True)
         self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
 
     def read(self, n: int = -1) -> bytes:
         if self._done:
