@@ -103,7 +103,8 @@ def publish(fqrn: str = Fqrn,
                                           help="Directory or tar archive to publish."),
             name: Optional[str] = typer.Option(
                 None, "--name", metavar="NAME", show_default=False,
-                help="Artifact name (its top-level directory); required."),
+                help="Artifact name (team-a/app/pr-123: up to CVMFS_EPHEMERAL_MAX_NAME_DEPTH"
+                     " segments; the last is the artifact's directory); required."),
             as_: Optional[str] = typer.Option(None, "--as", hidden=True,
                                               help="Old name of --name."),
             ttl_s: Optional[int] = typer.Option(
@@ -118,14 +119,16 @@ def publish(fqrn: str = Fqrn,
     from .repository import Repository, RepositoryError, validate_artifact_name
 
     settings = _settings(data_dir, keys_dir)
-    repo = Repository(settings.data_dir, settings.keys_dir, _repo_config(settings, fqrn))
+    repo = Repository(settings.data_dir, settings.keys_dir, _repo_config(settings, fqrn),
+                      **settings.repository_options())
     try:
         if not repo.exists():
             _fail(f"repository {fqrn} does not exist in {settings.data_dir}; run init first")
         tx = repo.begin()
         try:
             names = {a.name for a in repo.artifacts()}
-            validate_artifact_name(name)
+            validate_artifact_name(name, repo.max_name_depth)
+            tx.artifact(name)
             if name in names:
                 tx.remove(name)
             if source.is_dir():

@@ -233,10 +233,16 @@ class Settings(BaseSettings):
     #: untouched for this long no longer holds back gc's cut-off.
     body_idle_timeout_s: int = Field(60, ge=1)
 
+    # -- names --------------------------------------------------------------------------
+    #: Segments an artifact name may have: ``team-a/app/pr-123`` is 3. Parent segments are
+    #: namespaces (plain directories of the root catalog); the leaf is the artifact.
+    max_name_depth: int = Field(4, ge=1, le=32)
+
     def repository_options(self) -> dict[str, Any]:
         """Keyword arguments of ``Repository(...)`` taken from these settings."""
         return {"min_free_bytes": self.min_free_bytes,
-                "body_idle_timeout_s": self.body_idle_timeout_s}
+                "body_idle_timeout_s": self.body_idle_timeout_s,
+                "max_name_depth": self.max_name_depth}
 
     @field_validator("repositories", mode="before")
     @classmethod

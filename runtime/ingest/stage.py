@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from ..repository import RepositoryError, Transaction, validate_artifact_name
+from ..repository import RepositoryError, Transaction
 from .content import ContentStore, UnpackStats
 from .errors import ArchiveError, one_line
 from .image import ImageReader, is_image_member, stage_image
@@ -29,7 +29,7 @@ def stage_archive(tx: Transaction, name: str, fileobj: BinaryIO, *,
     published. Synchronous: run it on a worker thread when the bytes come from an event loop
     (see :func:`runtime.ingest.bridge.stage_archive_async`).
     """
-    validate_artifact_name(name)
+    name = tx.artifact(name)  # a hierarchical name: its paths belong to that artifact
     limits = limits or IngestLimits()
     if max_bytes is None:
         max_bytes = limits.max_bytes

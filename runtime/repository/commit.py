@@ -47,7 +47,7 @@ from ..cvmfs.objects import CATALOG, CERTIFICATE, compress
 from .errors import (ArtifactExists, ArtifactNotFound, InvalidPath, RepositoryError,
                      StorageFull)
 from .files import atomic_write
-from .names import MARKER_NAME, catalog_path
+from .names import MARKER_NAME, catalog_path, namespaces_of
 from .staged import StagedTree
 from .state import (ArtifactRow, ContentDigest, State, content_digest,
                     full_disk_is_storage_full)
@@ -162,6 +162,7 @@ class Commit:
         self.changed: list[str] = []
         self.removed: list[str] = []
         self.refreshed: list[str] = []
+        self._namespaces: dict[str, int] | None = None
 
     def run(self) -> PublishResult:
         """Steps 1-6; a full disk before the commit point is :class:`StorageFull` (507)."""
@@ -225,6 +226,7 @@ class Commit:
                     for name in self.expired(trial, tx.expired_before):
                         trial[name] = None
                 self.apply(tx, trial)
+                self.check_names(tx, trial)
                 for name in tx.expiry:
                     present = trial[name] is not None if name in trial else name in self.arts
                     if not present:
@@ -264,8 +266,9 @@ class Commit:
         for name, staged in tx.staged.items():
             # replaced whole: what the artifact holds now does not matter
             work[name] = staged if len(staged) else None
+        self.remove_namespaces(tx, work)
         for op in tx.ops:
-            name = op.parts[0]
+            name = op.artifact or op.parts[0]
             if name not in work:
                 art = self.arts.get(name)
                 work[name] = dict(tree_of(self.repo, art)) if art else None
@@ -274,7 +277,7 @@ class Commit:
             tree = work[name]
             path = catalog_path(op.parts)
             if op.kind == "remove":
-                if tree is None and len(op.parts) == 1 and name in tx.replaces:
+                if tree is None and path == "/" + name and name in tx.replaces:
                     continue  # "replace": a name deleted or expired meanwhile is just created
                 if tree is None or path not in tree:
                     raise ArtifactNotFound(f"{path.lstrip('/')} not found in {fqrn}")
@@ -290,7 +293,7 @@ class Commit:
             # is present means every ancestor is (the common case: one lookup per entry).
             parent_entry = tree.get(path[:path.rfind("/")])
             if parent_entry is None or not parent_entry.is_dir:
-                for i in range(1, len(op.parts)):
+                for i in range(name.count("/") + 1, len(op.parts)):
                     parent = catalog_path(op.parts[:i])
                     existing = tree.get(parent)
                     if existing is None:
@@ -304,6 +307,65 @@ class Commit:
                     del tree[p]
             assert op.entry is not None
             tree[path] = op.entry
+
+    # -- names: artifacts and the namespaces holding them -----------------------------------
+    def live(self, work: dict[str, Tree | None], name: str) -> bool:
+        """``name`` is an artifact after what ``work`` replayed so far."""
+        return work[name] is not None if name in work else name in self.arts
+
+    def namespace_counts(self) -> dict[str, int]:
+        """Artifacts of the current revision under each namespace (built once per commit)."""
+        if self._namespaces is None:
+            counts: dict[str, int] = {}
+            for name in self.arts:
+                if "/" in name:
+                    for ns in namespaces_of(name):
+                        counts[ns] = counts.get(ns, 0) + 1
+            self._namespaces = counts
+        return self._namespaces
+
+    def live_under(self, work: dict[str, Tree | None], namespace: str) -> list[str]:
+        """The artifacts under ``namespace`` after what ``work`` replayed so far."""
+        prefix = namespace + "/"
+        found = {n for n in self.arts if n.startswith(prefix)} \
+            if self.namespace_counts().get(namespace) else set()
+        for name, tree in work.items():
+            if name.startswith(prefix):
+                (found.add if tree is not None else found.discard)(name)
+        return sorted(found)
+
+    def is_namespace(self, work: dict[str, Tree | None], name: str) -> bool:
+        count = self.namespace_counts().get(name, 0)
+        prefix = name + "/"
+        for other, tree in work.items():
+            if other.startswith(prefix):
+                count += (tree is not None) - (other in self.arts)
+        return count > 0
+
+    def check_names(self, tx: "Transaction", work: dict[str, Tree | None]) -> None:
+        """No name is both an artifact and a namespace, decided here, under the writer lock,
+        so two uploads racing for ``a/b`` and ``a/b/c`` cannot both be published (409)."""
+        touched = {op.artifact or op.parts[0] for op in tx.ops} | set(tx.staged)
+        for name in sorted(touched):
+            if not self.live(work, name):
+                continue
+            for ns in namespaces_of(name):
+                if self.live(work, ns):
+                    raise ArtifactExists(f"{ns!r} is an artifact in {self.repo.fqrn}, so "
+                                         f"{name!r} cannot be created under it")
+            if self.is_namespace(work, name):
+                raise ArtifactExists(f"{name!r} is a namespace holding artifacts in "
+                                     f"{self.repo.fqrn}; it cannot also be an artifact")
+
+    def remove_namespaces(self, tx: "Transaction", work: dict[str, Tree | None]) -> None:
+        """Recursive deletes (``Transaction.remove_namespace``): every artifact under the
+        namespace when the commit runs goes, through the same path as a deleted artifact."""
+        for ns in sorted(tx.namespace_removals):
+            names = self.live_under(work, ns)
+            if not names:
+                raise ArtifactNotFound(f"namespace {ns!r} not found in {self.repo.fqrn}")
+            for name in names:
+                work[name] = None
 
     # -- step 3: nested catalogs ---------------------------------------------------------
     def stage_artifacts(self) -> None:
@@ -461,12 +523,22 @@ class Commit:
         repo = self.repo
         entries = [Entry(path="", mode=stat.S_IFDIR | 0o755, mtime=timestamp)]
         nested = []
+        namespaces: set[str] = set()
         for name in sorted(arts):
             art = arts[name]
             entries.append(art.top)
+            if "/" in name:
+                namespaces.update(namespaces_of(name))
             if art.catalog_hash:
                 nested.append(NestedRef(art.top.path, art.catalog_hash, art.catalog_size or 0,
                                         art.counters or Counters()))
+        # A namespace is a plain directory of the root catalog, there exactly while an
+        # artifact lies under it: the client finds a deep mountpoint by walking the root
+        # catalog's directories down to it (cvmfs/catalog.cc, Catalog::FindSubtree), and
+        # check counts it as a directory (link count 2 + subdirectories, self_dir).
+        entries += [Entry(path="/" + ns, mode=stat.S_IFDIR | 0o755, mtime=timestamp)
+                    for ns in namespaces]
+        entries.sort(key=lambda e: e.path)
         props: dict[str, str | int] = {}
         if repo.config.volatile:
             props["volatile"] = 1

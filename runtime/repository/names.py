@@ -60,8 +60,59 @@ def validate_name(name: str, *, what: str = "name") -> str:
     return name
 
 
-def validate_artifact_name(name: str) -> str:
-    return validate_name(name, what="artifact name")
+#: Default of ``CVMFS_EPHEMERAL_MAX_NAME_DEPTH``: segments an artifact name may have.
+DEFAULT_MAX_NAME_DEPTH = 4
+
+
+def validate_artifact_name(name: str, max_depth: int = DEFAULT_MAX_NAME_DEPTH) -> str:
+    """An artifact name: 1 to ``max_depth`` segments joined by ``/``, each a valid name.
+
+    ``team-a/app/pr-123`` is the artifact ``pr-123`` in the namespace ``team-a/app``. Empty
+    segments (a leading, trailing or doubled ``/``), ``.`` and ``..`` are refused rather than
+    normalised, so a name means exactly one place and can never climb out of its namespace;
+    a backslash is an ordinary character on a CVMFS client, never a separator.
+    """
+    if not isinstance(name, str) or name == "":
+        raise InvalidPath("invalid artifact name ''")
+    if "/" not in name:
+        return validate_name(name, what="artifact name")
+    segments = name.split("/")
+    if "" in segments:
+        raise InvalidPath(f"invalid artifact name {name!r}: empty segment (leading, trailing "
+                          "or doubled '/')")
+    if len(segments) > max_depth:
+        raise InvalidPath(f"invalid artifact name {name!r}: {len(segments)} segments, at most "
+                          f"{max_depth} allowed")
+    for segment in segments:
+        validate_name(segment, what="artifact name segment")
+    return name
+
+
+def parent_namespace(name: str) -> str:
+    """'team-a/app' for 'team-a/app/pr-123'; '' for a top-level name."""
+    return name.rpartition("/")[0]
+
+
+def top_namespace(name: str) -> str:
+    """'team-a' for 'team-a/app/pr-123'; the name itself for a top-level name."""
+    return name.partition("/")[0]
+
+
+def namespaces_of(name: str) -> list[str]:
+    """Every namespace holding ``name``, outermost first: ['a', 'a/b'] for 'a/b/c'."""
+    segments = name.split("/")
+    return ["/".join(segments[:i]) for i in range(1, len(segments))]
+
+
+def validate_prefix(prefix: str, max_depth: int = DEFAULT_MAX_NAME_DEPTH) -> str:
+    """A listing prefix: '' (everything) or a namespace, with or without its trailing '/'.
+
+    Returned without the trailing '/'; matched at segment boundaries (``team-a`` lists
+    ``team-a/...`` and the artifact ``team-a`` itself, never ``team-ab``).
+    """
+    if prefix in ("", "/"):
+        return ""
+    return validate_artifact_name(prefix[:-1] if prefix.endswith("/") else prefix, max_depth)
 
 
 def validate_symlink_target(target: str, where: str) -> str:

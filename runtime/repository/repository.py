@@ -43,6 +43,7 @@ from .errors import (ArtifactNotFound, NotInitialized, RepositoryError, Reposito
                      StorageFull)
 from .files import atomic_write, utcnow
 from .markers import Heartbeat, oldest_live_start
+from .names import DEFAULT_MAX_NAME_DEPTH, validate_artifact_name, validate_prefix
 from .space import DEFAULT_MIN_FREE_BYTES, SpaceGuard
 from .staged import remove_orphan_spills
 from .state import ArtifactInfo, ArtifactRow, State, kind_of
@@ -55,19 +56,26 @@ DEFAULT_BODY_IDLE_TIMEOUT_S = 60
 log = logging.getLogger(__name__)
 
 
+def _info(a: ArtifactRow) -> ArtifactInfo:
+    return ArtifactInfo(a.name, kind_of(a.top), a.size, a.files, a.created_at, a.expires_at,
+                        a.revision, a.content_digest, a.catalog_hash, a.provenance)
+
+
 class Repository:
     """A repository in ``data_dir`` signed with the keys in ``keys_dir``.
 
     Thread-safe: staging may run in many threads; commits are serialized by an in-process lock
     plus an exclusive ``flock`` on ``writer.lock`` (one writer across processes).
     ``min_free_bytes`` is the free-space reserve (``space.py``); ``body_idle_timeout_s`` how
-    long a staging marker may go untouched before gc stops waiting for it (``markers.py``).
+    long a staging marker may go untouched before gc stops waiting for it (``markers.py``);
+    ``max_name_depth`` how many segments an artifact name may have (``team-a/app/pr-123``).
     """
 
     def __init__(self, data_dir: Path, keys_dir: Path, config: RepositoryConfig, *,
                  clock: Callable[[], float] = time.time, lock_timeout: float = 30.0,
                  min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
-                 body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S):
+                 body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S,
+                 max_name_depth: int = DEFAULT_MAX_NAME_DEPTH):
         self.config = config
         self.fqrn = validate_fqrn(config.fqrn)
         self.data_dir = Path(data_dir)
@@ -78,6 +86,8 @@ class Repository:
         self.clock = clock
         self.lock_timeout = lock_timeout
         self.body_idle_timeout_s = float(body_idle_timeout_s)
+        #: segments an artifact name may have (``names.validate_artifact_name``)
+        self.max_name_depth = int(max_name_depth)
         self.store = ObjectStore(self.public_dir)
         self.state = State(self.private_dir / "state.db")
         self.space = SpaceGuard(self.data_dir, min_free_bytes)
@@ -234,17 +244,31 @@ class Repository:
         with self.state.connection(readonly_ok=True) as conn:
             return self.state.load_artifacts(conn)
 
-    def artifacts(self) -> list[ArtifactInfo]:
-        return [ArtifactInfo(a.name, kind_of(a.top), a.size, a.files, a.created_at,
-                             a.expires_at, a.revision, a.content_digest, a.catalog_hash,
-                             a.provenance)
-                for a in sorted(self._rows().values(), key=lambda a: a.name)]
+    def artifacts(self, prefix: str = "") -> list[ArtifactInfo]:
+        """Artifacts by name; with ``prefix`` (a namespace, ``team-a/``) only that subtree.
+
+        A prefix is matched at segment boundaries (``team-a`` never lists ``team-ab``) by a
+        range query on ``state.db``'s primary key: only the rows listed are read.
+        """
+        prefix = validate_prefix(prefix, self.max_name_depth)
+        if prefix:
+            with self.state.connection(readonly_ok=True) as conn:
+                rows = self.state.rows_under(conn, prefix)
+        else:
+            rows = sorted(self._rows().values(), key=lambda a: a.name)
+        return [_info(a) for a in rows]
 
     def artifact(self, name: str) -> ArtifactInfo:
-        for a in self.artifacts():
-            if a.name == name:
-                return a
-        raise ArtifactNotFound(f"artifact {name!r} not found in {self.fqrn}")
+        row = self._rows().get(name)
+        if row is None:
+            raise ArtifactNotFound(f"artifact {name!r} not found in {self.fqrn}")
+        return _info(row)
+
+    def is_namespace(self, name: str) -> bool:
+        """Some artifact lies under ``name`` (``a`` for ``a/b``): it is a namespace."""
+        name = validate_artifact_name(name, self.max_name_depth)
+        with self.state.connection(readonly_ok=True) as conn:
+            return self.state.has_rows_under(conn, name)
 
     def artifact_tree(self, name: str) -> dict[str, Entry]:
         """Every entry of a published artifact, keyed by full path (for downloads)."""

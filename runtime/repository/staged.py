@@ -62,6 +62,8 @@ class StagedTree:
     def __init__(self, name: str, spill_path: Path):
         self.name = name
         self.top = "/" + name
+        #: segments of the artifact's name: the implicit parents ``put`` creates start there
+        self.depth = name.count("/") + 1
         self._spill_path = spill_path
         self._mem: dict[str, Entry] | None = {}
         self._db: sqlite3.Connection | None = None
@@ -146,7 +148,7 @@ class StagedTree:
         if parent and parent != self._known_dir:
             kind = self._is_dir(parent)
             if kind is None:
-                for i in range(1, len(parts)):
+                for i in range(self.depth, len(parts)):
                     ancestor = "/" + "/".join(parts[:i])
                     found = self._is_dir(ancestor)
                     if found is None:

@@ -310,14 +310,34 @@ class State:
         return dict(cached[1])
 
     @staticmethod
-    def _read_artifacts(conn: sqlite3.Connection) -> dict[str, ArtifactRow]:
+    def rows_under(conn: sqlite3.Connection, namespace: str) -> list[ArtifactRow]:
+        """The artifact ``namespace`` itself and every artifact below ``namespace/``, by name.
+
+        A range on the primary key: ``'/'`` + 1 is ``'0'``, so every name below the namespace
+        sorts in ``[namespace/, namespace0)`` and SQLite reads only those rows.
+        """
+        rows = State._read_artifacts(
+            conn, " WHERE name = ? OR (name >= ? AND name < ?) ORDER BY name",
+            (namespace, namespace + "/", namespace + "0"))
+        return list(rows.values())
+
+    @staticmethod
+    def has_rows_under(conn: sqlite3.Connection, namespace: str) -> bool:
+        """Some artifact lies below ``namespace/`` (one index probe)."""
+        return conn.execute("SELECT 1 FROM artifacts WHERE name >= ? AND name < ? LIMIT 1",
+                            (namespace + "/", namespace + "0")).fetchone() is not None
+
+    @staticmethod
+    def _read_artifacts(conn: sqlite3.Connection, where: str = "",
+                        params: tuple = ()) -> dict[str, ArtifactRow]:
         out = {}
         # a read-only connection to a state.db not yet migrated has no provenance column
         present = {row[1] for row in conn.execute("PRAGMA table_info(artifacts)")}
         provenance = "provenance" if "provenance" in present else "NULL"
         for row in conn.execute(
             "SELECT name, entry, catalog_hash, catalog_size, counters, content_digest, size,"
-            f" files, created_at, expires_at, revision, {provenance} FROM artifacts"
+            f" files, created_at, expires_at, revision, {provenance} FROM artifacts" + where,
+            params
         ):
             name = row[0]
             out[name] = ArtifactRow(

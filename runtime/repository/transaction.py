@@ -53,6 +53,8 @@ class Op:
     kind: str  # "file" | "dir" | "symlink" | "remove"
     parts: Sequence[str]
     entry: Entry | None = None
+    #: the artifact the path lies in (``Transaction.artifact``): its first segments
+    artifact: str = ""
 
 
 class StagedFile:
@@ -118,6 +120,11 @@ class Transaction:
         self.staged: dict[str, StagedTree] = {}
         #: set by :meth:`remove_expired`: artifacts expiring at or before it are removed
         self.expired_before: float | None = None
+        #: hierarchical artifact names this transaction writes (:meth:`artifact`): their
+        #: segments -> the name; a path outside all of them lies in its first segment
+        self.roots: dict[tuple[str, ...], str] = {}
+        #: namespaces whose every artifact is removed at commit (:meth:`remove_namespace`)
+        self.namespace_removals: set[str] = set()
         self.closed = False
         self._unchecked_bytes = 0
         self._space_checked = False
@@ -173,27 +180,55 @@ class Transaction:
         """Names of the artifacts this transaction replaces whole."""
         return set(self.staged)
 
+    # -- hierarchical names ----------------------------------------------------------------
+    def artifact(self, name: str) -> str:
+        """Declare that paths below ``name`` (``team-a/app/pr-123``) belong to that artifact.
+
+        A path is only ambiguous once names have several segments: ``a/b/c`` may be the file
+        ``b/c`` of artifact ``a`` or the artifact ``a/b/c``. Staging resolves every path to
+        the longest declared name it lies in, else to its first segment (a top-level artifact,
+        as before names had namespaces). Idempotent; returns the validated name.
+        """
+        name = validate_artifact_name(name, self.repo.max_name_depth)
+        self.roots[tuple(name.split("/"))] = name
+        return name
+
+    def artifact_of(self, parts: Sequence[str]) -> tuple[str, int]:
+        """The artifact ``parts`` lies in and its number of segments."""
+        if self.roots:
+            for k in range(min(len(parts), self.repo.max_name_depth), 0, -1):
+                name = self.roots.get(tuple(parts[:k]))
+                if name is not None:
+                    return name, k
+        return parts[0], 1
+
+    def remove_namespace(self, namespace: str) -> None:
+        """Remove every artifact under ``namespace`` (``team-a/``), decided at commit time:
+        what is there when the commit runs goes, in one revision; nothing there is 404."""
+        self.namespace_removals.add(validate_artifact_name(namespace.rstrip("/"),
+                                                           self.repo.max_name_depth))
+
     def _entry(self, kind: str, parts: Sequence[str], mode: int, mtime: int | None,
                **fields: object) -> None:
         self._staging_content()
         path = catalog_path(parts)
         mtime = self._now() if mtime is None else validate_mtime(mtime, path.lstrip("/"))
         entry = Entry(path=path, mode=mode, mtime=mtime, **fields)  # type: ignore[arg-type]
-        name = parts[0]
+        name, depth = self.artifact_of(parts)
         tree = self.staged.get(name)
-        if tree is None and len(parts) == 1:
+        if tree is None and len(parts) == depth:
             tree = self._replace(name)
         if tree is not None:
             tree.put(parts, entry, self._now())
         else:
-            self.ops.append(Op(kind, parts, entry))
+            self.ops.append(Op(kind, parts, entry, name))
 
     def _replace(self, name: str) -> StagedTree:
         """From now on ``name`` is replaced whole; what was staged for it so far moves along."""
         tree = self.staged[name] = StagedTree(
             name, self.repo.spill_dir / f"{self.id}.{len(self.staged)}.db")
-        earlier = [op for op in self.ops if op.parts[0] == name]
-        self.ops = [op for op in self.ops if op.parts[0] != name]
+        earlier = [op for op in self.ops if op.artifact == name]
+        self.ops = [op for op in self.ops if op.artifact != name]
         for op in earlier:
             if op.kind == "remove":
                 with contextlib.suppress(ArtifactNotFound):
@@ -241,7 +276,7 @@ class Transaction:
         in memory until the end.
         """
         parts = as_parts(path)
-        tree = self.staged.get(parts[0])
+        tree = self.staged.get(self.artifact_of(parts)[0])
         if tree is not None:
             entry = tree.get(catalog_path(parts))
         else:
@@ -270,16 +305,17 @@ class Transaction:
         self._entry("symlink", parts, stat.S_IFLNK | 0o777, mtime, symlink=target)
 
     def remove(self, path: str) -> None:
-        """Remove a path (an artifact when it is a single name) and everything below it."""
+        """Remove a path (an artifact when it is a whole name) and everything below it."""
         parts = split_path(path)
-        tree = self.staged.get(parts[0])
+        name, _depth = self.artifact_of(parts)
+        tree = self.staged.get(name)
         if tree is not None:
             tree.remove(catalog_path(parts))
         else:
-            self.ops.append(Op("remove", parts))
+            self.ops.append(Op("remove", parts, None, name))
 
     def set_expiry(self, name: str, expires_at: float | None) -> None:
-        self.expiry[validate_artifact_name(name)] = expires_at
+        self.expiry[self.artifact(name)] = expires_at
 
     def set_provenance(self, name: str, provenance: Mapping[str, object] | None) -> None:
         """Record who published artifact ``name`` (and what they said about it) in state.db.
@@ -290,7 +326,7 @@ class Transaction:
         keeps what it had unless this is called. Must be JSON: refused here (400), so a bad
         value never reaches a group commit.
         """
-        name = validate_artifact_name(name)
+        name = self.artifact(name)
         if provenance is None:
             self.provenance[name] = None
             return

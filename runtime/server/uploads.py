@@ -41,6 +41,7 @@ from ..gateway.notifier import Notifier
 from ..repository import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInitialized,
                           PublishResult, Repository, RepositoryError, RepositoryLocked,
                           Transaction, validate_artifact_name)
+from ..repository.names import namespaces_of, parent_namespace
 from ..settings import Settings
 from . import digests, downloads, durations
 from .auth import Authorizer, Token
@@ -439,10 +440,13 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
     chunks = hashed.pieces()
     assert name is not None
     try:
+        validate_artifact_name(name, repo.max_name_depth)
         principal.authorize(fqrn, name=name)
-        validate_artifact_name(name)
         meta = metadata_from_headers(request.headers.raw)
-        if not overwrite and any(a.name == name for a in repo.artifacts()):
+        exists = await asyncio.to_thread(_name_conflict, repo, name)
+        if exists is not None:
+            raise ArtifactExists(exists)
+        if not overwrite and _exists(repo, name):
             raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}; "
                                  "pass overwrite=true to replace it")
     except (RepositoryError, InvalidMetadata) as exc:
@@ -454,10 +458,11 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
     count = Counter(limit)
     tx = repo.begin()
     try:
+        tx.artifact(name)
         if not overwrite:
             tx.require_absent.add(name)
         if unpack:
-            if overwrite and any(a.name == name for a in repo.artifacts()):
+            if overwrite and _exists(repo, name):
                 tx.remove(name)
             stats = await stage_archive_async(tx, name, chunks, executor=service.unpack_pool,
                                               max_bytes=limit, on_bytes=count,
@@ -514,6 +519,30 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         "refreshed": name in result.refreshed, "digest_verified": want is not None, **extra,
         "provenance": info.provenance,
     })
+
+
+def _exists(repo: Repository, name: str) -> bool:
+    try:
+        repo.artifact(name)
+    except ArtifactNotFound:
+        return False
+    return True
+
+
+def _name_conflict(repo: Repository, name: str) -> str | None:
+    """Why ``name`` cannot be an artifact now (409 before the body is read); None if it can.
+
+    Only a fast early answer: the commit decides again under the writer lock
+    (``Commit.check_names``), so two uploads racing for ``a/b`` and ``a/b/c`` never both win.
+    """
+    fqrn = repo.fqrn
+    for ns in namespaces_of(name):
+        if _exists(repo, ns):
+            return f"{ns!r} is an artifact in {fqrn}, so {name!r} cannot be created under it"
+    if repo.is_namespace(name):
+        return (f"{name!r} is a namespace holding artifacts in {fqrn}; it cannot also be an "
+                f"artifact (list them with ?prefix={name}/)")
+    return None
 
 
 def _principal_lifetime(principal: Any, fqrn: str, name: str | None, lifetime: int | None,
@@ -626,6 +655,22 @@ def _file_download(repo: Repository, request: Request, name: str, entry: Any) ->
                                   media_type="application/octet-stream", headers=headers)
 
 
+def child_namespaces(arts: list[Any], prefix: str) -> list[dict[str, Any]]:
+    """The namespaces directly below ``prefix`` ('' = the root) that ``arts`` lie in, with
+    how many artifacts and bytes each holds (a listing's and the browser's tree)."""
+    cut = len(prefix) + 1 if prefix else 0
+    out: dict[str, dict[str, Any]] = {}
+    for a in arts:
+        rest = a.name[cut:]
+        if "/" not in rest:
+            continue
+        ns = a.name[:cut] + rest.partition("/")[0]
+        row = out.setdefault(ns, {"name": ns, "artifacts": 0, "size": 0})
+        row["artifacts"] += 1
+        row["size"] += a.size
+    return [out[k] for k in sorted(out)]
+
+
 # --------------------------------------------------------------------------------------------
 # routes
 
@@ -656,11 +701,18 @@ def router() -> APIRouter:
                             sha256=sha256)
 
     @r.get("/repos/{fqrn}")
-    async def list_artifacts(request: Request, fqrn: str) -> Response:
+    async def list_artifacts(request: Request, fqrn: str, prefix: str = "") -> Response:
+        """Every artifact, or with ``?prefix=team-a/`` those of that namespace (recursively;
+        matched at segment boundaries), plus the namespaces directly below the prefix."""
         repo = svc(request).repository(fqrn)
-        arts = await asyncio.to_thread(repo.artifacts)
+        try:
+            arts = await asyncio.to_thread(repo.artifacts, prefix)
+        except RepositoryError as exc:
+            return error(422, f"invalid prefix: {exc}")
+        base = prefix.rstrip("/")
         return JSONResponse({
-            "repository": fqrn, "revision": repo.revision(),
+            "repository": fqrn, "revision": repo.revision(), "prefix": base,
+            "namespaces": child_namespaces(arts, base),
             "files": [{"name": a.name, "kind": a.kind, "size": a.size, "files": a.files,
                        "expires_at": iso(a.expires_at), "created_at": iso(a.created_at),
                        "revision": a.revision, "provenance": a.provenance} for a in arts]})
@@ -676,15 +728,20 @@ def router() -> APIRouter:
         repo = service.repository(fqrn)
         head = request.method == "HEAD"
         try:
-            validate_artifact_name(name)
+            validate_artifact_name(name, repo.max_name_depth)
             info = await asyncio.to_thread(repo.artifact, name)
         except RepositoryError as exc:
+            if isinstance(exc, ArtifactNotFound) and await asyncio.to_thread(
+                    repo.is_namespace, name):
+                return error(404, f"{name!r} is a namespace, not an artifact; list it with "
+                                  f"GET /repos/{fqrn}?prefix={name}/")
             return error(status_for(exc), str(exc))
+        leaf = name.rpartition("/")[2]
         if info.kind == "dir" and head:
             # headers only: the tar is neither generated nor admitted (its size is unknown
             # without generating it, so no Content-Length)
             return Response(headers={"Content-Type": "application/x-tar",
-                                     "Content-Disposition": _disposition(name + ".tar")})
+                                     "Content-Disposition": _disposition(leaf + ".tar")})
         slot = None
         if info.kind == "dir":
             # admitted before the tree is read: the tree is what costs memory
@@ -700,32 +757,59 @@ def router() -> APIRouter:
             raise
         top = tree[f"/{name}"]
         if top.is_regular:
-            return _file_download(repo, request, name, top)
-        pieces = downloads.tar_pieces(repo, downloads.sorted_entries(tree))
+            return _file_download(repo, request, leaf, top)
+        # members are named from the artifact's own directory (``pr-123/...``), as for a
+        # top-level artifact, whatever namespace holds it
+        cut = len(parent_namespace(name)) + 1 if "/" in name else 0
+        entries = ((path[cut:], e) for path, e in downloads.sorted_entries(tree))
+        pieces = downloads.tar_pieces(repo, entries)
         del tree  # the sorted iterator holds what the stream still needs
         return downloads.SlotResponse(downloads.stream(pieces, slot), slot,
                                       media_type="application/x-tar",
-                                      headers={"Content-Disposition": _disposition(name + ".tar")})
+                                      headers={"Content-Disposition": _disposition(leaf + ".tar")})
 
     @r.delete("/repos/{fqrn}/{name:path}")
-    async def delete(request: Request, fqrn: str, name: str) -> Response:
+    async def delete(request: Request, fqrn: str, name: str,
+                     recursive: bool = False) -> Response:
+        """Delete an artifact; ``?recursive=true`` deletes a namespace (every artifact under
+        it, decided at commit) in one revision."""
         service = svc(request)
         with _ChangeLog("delete", fqrn, name) as change:
-            change.token = (await service.authorizer.check(request, fqrn, name=name)).label
             repo = service.repository(fqrn)
             try:
-                validate_artifact_name(name)
+                validate_artifact_name(name.rstrip("/") if recursive else name,
+                                       repo.max_name_depth)
+            except RepositoryError as exc:
+                await service.authorizer.check(request, fqrn, name=name)
+                return change.answer(error(status_for(exc), str(exc)))
+            name = name.rstrip("/")
+            namespace = not _exists(repo, name) and await asyncio.to_thread(
+                repo.is_namespace, name)
+            # a namespace delete touches only names below ``name/``: a token scoped to
+            # ``team-a/`` may empty ``team-a`` but never write the name ``team-a`` itself
+            scope = name + "/" if namespace else name
+            change.token = (await service.authorizer.check(request, fqrn, name=scope)).label
+            if namespace and not recursive:
+                return change.answer(error(409, f"{name!r} is a namespace holding artifacts; "
+                                                "pass recursive=true to delete all of them"))
+            try:
                 tx = repo.begin()
-                tx.remove(name)
+                if namespace:
+                    tx.remove_namespace(name)
+                else:
+                    tx.remove(tx.artifact(name))
                 result = await service.committers[fqrn].commit(tx)
             except RepositoryError as exc:
                 return change.answer(error(status_for(exc), str(exc)))
             change.revision = result.revision
-            return change.answer(JSONResponse({
-                "name": name, "revision": result.revision,
-                "publish_time_s": round(result.publish_time_s, 6)}))
+            body: dict[str, Any] = {"name": name, "revision": result.revision,
+                                    "publish_time_s": round(result.publish_time_s, 6)}
+            if namespace:
+                body["removed"] = sorted(result.removed)
+                change.fields["removed"] = len(result.removed)
+            return change.answer(JSONResponse(body))
 
-    @r.post("/repos/{fqrn}/{name}/ttl")
+    @r.post("/repos/{fqrn}/{name:path}/ttl")
     async def set_ttl(request: Request, fqrn: str, name: str,
                       ttl_s: int | None = None, expire_in: str | None = None) -> Response:
         service = svc(request)
@@ -740,7 +824,7 @@ def router() -> APIRouter:
                                       service.lifetime(ttl_s, expire_in), explicit=True)
             change.fields["ttl_s"] = ttl
             try:
-                validate_artifact_name(name)
+                validate_artifact_name(name, repo.max_name_depth)
                 tx = repo.begin()
                 tx.set_expiry(name, None if ttl is None else repo.clock() + ttl)
                 result = await service.committers[fqrn].commit(tx)
