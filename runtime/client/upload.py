@@ -232,8 +232,12 @@ def upload(source: Path, *, url: str, repo: str, name: str | None = None,
 
 
 def _quote(name: str) -> str:
+    """``team-a/app/pr-123`` as URL path segments. A ``.`` or ``..`` segment is sent encoded
+    (``%2E``), so no HTTP library removes it on the way: the server refuses the name (400)
+    instead of the upload landing in another namespace."""
     from urllib.parse import quote
-    return quote(name, safe="")
+    return "/".join(quote(seg, safe="") if seg not in (".", "..") else seg.replace(".", "%2E")
+                    for seg in name.split("/"))
 
 
 def _detail(resp: "httpx.Response") -> str:
@@ -302,7 +306,8 @@ def register(app: typer.Typer) -> None:
         repo: str = typer.Option(..., "--repo", metavar="FQRN",
                                  help="Repository name, e.g. ci.example.org."),
         name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
-                                           help="Artifact name.",
+                                           help="Artifact name; team-a/app/pr-123 puts it in"
+                                                " the namespace team-a/app.",
                                            show_default="the file or directory name"),
         as_: Optional[str] = typer.Option(None, "--as", hidden=True, help="Old name of --name."),
         ttl_s: Optional[int] = typer.Option(

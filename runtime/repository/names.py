@@ -69,11 +69,14 @@ def validate_artifact_name(name: str, max_depth: int = DEFAULT_MAX_NAME_DEPTH) -
 
     ``team-a/app/pr-123`` is the artifact ``pr-123`` in the namespace ``team-a/app``. Empty
     segments (a leading, trailing or doubled ``/``), ``.`` and ``..`` are refused rather than
-    normalised, so a name means exactly one place and can never climb out of its namespace;
-    a backslash is an ordinary character on a CVMFS client, never a separator.
+    normalised, so a name means exactly one place and can never climb out of its namespace.
     """
     if not isinstance(name, str) or name == "":
         raise InvalidPath("invalid artifact name ''")
+    if "\\" in name:
+        # a separator on Windows runners and in some proxies' path normalisation: a name
+        # that one tool reads as two segments and another as one is refused outright
+        raise InvalidPath(f"invalid artifact name {name!r}: backslashes are not allowed")
     if "/" not in name:
         return validate_name(name, what="artifact name")
     segments = name.split("/")
