@@ -333,3 +333,37 @@ def test_client_quotes_dot_segments_so_the_server_refuses_them():
     assert _quote("team-a/app/pr 1") == "team-a/app/pr%201"
     assert _quote("a/../b") == "a/%2E%2E/b"
     assert urllib.parse.unquote(_quote("a/./b")) == "a/./b"
+
+
+# --- expiry and gc ---------------------------------------------------------------------------
+
+def test_expiry_and_gc_handle_deep_names(tmp_path):
+    import time
+
+    from runtime.maintenance.clean import clean
+    from runtime.maintenance.gc import collect, default_grace_s
+    from tests.served import object_files, served_repository
+
+    with served_repository(tmp_path) as s:
+        repo, t0 = s.repo, time.time()
+        repo.clock = lambda: now[0]
+        now = [t0]
+        for name, expires in (("ci/main/old", t0 + 10), ("ci/main/new", t0 + 1000),
+                              ("ci/pr/1", t0 + 10)):
+            tx = repo.begin()
+            tx.artifact(name)
+            tx.add_file(f"{name}/f.txt", name.encode())
+            tx.set_expiry(name, expires)
+            tx.publish()
+        now[0] = t0 + 100
+        swept = clean(repo)
+        assert swept.removed == ["ci/main/old", "ci/pr/1"]
+        reader = s.reader()
+        reader.check()
+        assert reader.listdir("/ci") == ["main"]  # ci/pr went with its last artifact
+        now[0] = t0 + 100 + default_grace_s(repo) + 1
+        collect(repo, slack_s=0)
+        reader = s.reader()
+        assert object_files(repo) == reader.referenced_objects()
+        assert reader.read_file("/ci/main/new/f.txt") == b"ci/main/new"
+        reader.check()
