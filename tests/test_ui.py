@@ -181,3 +181,38 @@ def test_the_templates_and_the_stylesheet_are_package_data():
     shipped = {p for pattern in patterns for p in (root / "runtime/server").glob(pattern)}
     needed = {p for d in ("templates", "static") for p in (ui.HERE / d).iterdir()}
     assert needed and needed <= shipped
+
+
+def test_the_namespace_tree_links_each_namespace_to_its_subtree(tmp_path):
+    """Top level: namespaces (with how many artifacts and bytes lie below) and top-level
+    artifacts; a namespace page: its own sub-namespaces and artifacts, with breadcrumbs."""
+    with live_server(settings(tmp_path)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as c:
+        tar = make_tar([("bin/tool", "file", b"#!/bin/sh\n")])
+        for name, body, params in (("team-a/app/pr-1", tar, {"unpack": "true"}),
+                                   ("team-a/app/pr-2", b"22", {}),
+                                   ("team-a/notes.txt", b"333", {}), ("top.txt", b"t", {})):
+            r = c.put(f"/repos/{FQRN}/{name}", content=body, params=params, headers=auth())
+            assert r.status_code == 200, r.text
+        text = page(c, f"/ui/repos/{FQRN}/")
+        namespaces = rows_by_name(text, f"Namespaces in {FQRN}")
+        assert namespaces == {"team-a/": ["team-a/", "3", ui.human_size(10 + 2 + 3)]}
+        assert f'href="/ui/repos/{FQRN}/ns/team-a/"' in text
+        assert set(rows_by_name(text, f"Artifacts in {FQRN}")) == {"top.txt"}
+
+        text = page(c, f"/ui/repos/{FQRN}/ns/team-a/")
+        assert set(rows_by_name(text, f"Namespaces in {FQRN}/team-a")) == {"app/"}
+        artifacts = rows_by_name(text, f"Artifacts in {FQRN}/team-a")
+        assert set(artifacts) == {"notes.txt"} and artifacts["notes.txt"][1] == "file"
+        assert f'href="/ui/repos/{FQRN}/artifacts/team-a/notes.txt"' in text
+
+        text = page(c, f"/ui/repos/{FQRN}/ns/team-a/app/")
+        assert set(rows_by_name(text, f"Artifacts in {FQRN}/team-a/app")) == {"pr-1", "pr-2"}
+        assert f'href="/ui/repos/{FQRN}/ns/team-a/"' in text  # breadcrumb up
+
+        text = page(c, f"/ui/repos/{FQRN}/artifacts/team-a/app/pr-1")
+        assert "bin/tool" in rows_by_name(text, "Entries of team-a/app/pr-1")
+        assert f"/cvmfs/{FQRN}/team-a/app/pr-1" in text
+        assert f'href="/repos/{FQRN}/team-a/app/pr-1"' in text
+        for missing in ("ns/nope/", "ns/team-a/app/pr-1/", "ns/a/../b/", "artifacts/team-a"):
+            page(c, f"/ui/repos/{FQRN}/{missing}", status=404)

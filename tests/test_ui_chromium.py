@@ -18,7 +18,7 @@ import pytest
 
 from tests.live_server import live_server
 from tests.uikit import HOSTILE, publish_examples, rows_by_name
-from tests.uploadkit import FQRN, settings
+from tests.uploadkit import FQRN, auth, settings
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
@@ -90,3 +90,16 @@ def test_screenshots_of_the_tree_and_the_artifact_page(served, profile, tmp_path
             assert screenshot(profile, url, shot, size) == size
             assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
     print(f"\nbrowser screenshots: {out}")
+
+
+def test_the_rendered_namespace_tree_links_down_to_deep_artifacts(tmp_path, profile):
+    with live_server(settings(tmp_path / "ns")) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            for name in ("team-a/app/pr-1", "team-a/app/pr-2"):
+                r = c.put(f"/repos/{FQRN}/{name}", content=b"x", headers=auth())
+                assert r.status_code == 200, r.text
+        top = dump_dom(profile, f"{srv.url}/ui/repos/{FQRN}/")
+        assert set(rows_by_name(top, f"Namespaces in {FQRN}")) == {"team-a/"}
+        dom = dump_dom(profile, f"{srv.url}/ui/repos/{FQRN}/ns/team-a/app/")
+        assert set(rows_by_name(dom, f"Artifacts in {FQRN}/team-a/app")) == {"pr-1", "pr-2"}
+        assert f'href="/ui/repos/{FQRN}/artifacts/team-a/app/pr-2"' in dom

@@ -36,6 +36,8 @@ from starlette.routing import Route
 
 from ..clientconf import client_config
 from ..repository import ArtifactInfo, Repository, RepositoryError, validate_artifact_name
+from ..repository.names import parent_namespace
+from .uploads import child_namespaces
 from ..settings import Settings
 
 HERE = Path(__file__).parent
@@ -147,15 +149,29 @@ def artifact_row(a: ArtifactInfo, now: float) -> dict[str, Any]:
             "provenance": provenance(a)}
 
 
-def repository_page(repo: Repository, now: float) -> dict[str, Any]:
-    arts = repo.artifacts()
+def namespace_crumbs(name: str) -> list[dict[str, str]]:
+    """``team-a/app`` -> links to ``team-a`` and ``team-a/app`` (each segment shown alone)."""
+    segments = name.split("/") if name else []
+    return [{"name": seg, "path": "/".join(segments[:i + 1])} for i, seg in enumerate(segments)]
+
+
+def repository_page(repo: Repository, now: float, namespace: str = "") -> dict[str, Any]:
+    """The tree at ``namespace`` ('' = the repository's top): the namespaces directly below
+    it (linking to their own page) and the artifacts directly in it."""
+    arts = repo.artifacts(namespace)
+    if namespace and not any(a.name != namespace for a in arts):
+        raise RepositoryError(f"namespace {namespace!r} not found")
+    here = [a for a in arts if parent_namespace(a.name) == namespace]
     publishes = [{"revision": r["revision"], "when": When.of(r["published_at"] or r["timestamp"],
                                                              now)}
                  for r in repo.revisions()[:RECENT_PUBLISHES]]
-    return {"repo": repository_summary(repo, now),
-            "artifacts": [artifact_row(a, now) for a in arts[:MAX_ARTIFACTS]],
-            "total": len(arts), "total_bytes": human_size(sum(a.size for a in arts)),
-            "publishes": publishes}
+    namespaces = [dict(ns, leaf=ns["name"].rpartition("/")[2], size_h=human_size(ns["size"]))
+                  for ns in child_namespaces(arts, namespace)]
+    return {"repo": repository_summary(repo, now), "namespace": namespace,
+            "crumbs": namespace_crumbs(namespace), "namespaces": namespaces[:MAX_ARTIFACTS],
+            "artifacts": [artifact_row(a, now) for a in here[:MAX_ARTIFACTS]],
+            "total": len(here), "total_bytes": human_size(sum(a.size for a in arts)),
+            "total_under": len(arts), "publishes": publishes}
 
 
 def artifact_page(repo: Repository, name: str, now: float) -> dict[str, Any]:
@@ -172,7 +188,9 @@ def artifact_page(repo: Repository, name: str, now: float) -> dict[str, Any]:
                       "target": e.symlink, "mode": f"{stat.S_IMODE(e.mode):04o}",
                       "mtime": When.of(e.mtime, now)})
     return {"repo": repository_summary(repo, now), "artifact": artifact_row(info, now),
-            "files": files, "total_files": len(paths), "max_files": MAX_FILES}
+            "files": files, "total_files": len(paths), "max_files": MAX_FILES,
+            "crumbs": namespace_crumbs(parent_namespace(name)),
+            "leaf": name.rpartition("/")[2]}
 
 
 # -- client configuration ---------------------------------------------------------------------
@@ -219,7 +237,13 @@ async def repository(request: Request) -> Response:
     repo = _repos(request).get(fqrn)
     if repo is None:
         return not_found("repository")
-    page = await asyncio.to_thread(repository_page, repo, time.time())
+    namespace = request.path_params.get("namespace", "").strip("/")
+    try:
+        if namespace:
+            validate_artifact_name(namespace, repo.max_name_depth)
+        page = await asyncio.to_thread(repository_page, repo, time.time(), namespace)
+    except RepositoryError:
+        return not_found("namespace")
     return render("repository.html", max_artifacts=MAX_ARTIFACTS, **page)
 
 
@@ -229,7 +253,7 @@ async def artifact(request: Request) -> Response:
     if repo is None:
         return not_found("repository")
     try:
-        validate_artifact_name(name)
+        validate_artifact_name(name, repo.max_name_depth)
         page = await asyncio.to_thread(artifact_page, repo, name, time.time())
     except RepositoryError:
         return not_found("artifact")
@@ -258,6 +282,7 @@ def routes() -> list[Route]:
         Route("/ui/", index, methods=["GET", "HEAD"]),
         Route("/ui/static/ui.css", stylesheet, methods=["GET", "HEAD"]),
         Route("/ui/repos/{fqrn}/", repository, methods=["GET", "HEAD"]),
+        Route("/ui/repos/{fqrn}/ns/{namespace:path}", repository, methods=["GET", "HEAD"]),
         Route("/ui/repos/{fqrn}/artifacts/{name:path}", artifact, methods=["GET", "HEAD"]),
         Route("/ui/{rest:path}", unknown, methods=["GET", "HEAD"]),
     ]
