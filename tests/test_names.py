@@ -367,3 +367,17 @@ def test_expiry_and_gc_handle_deep_names(tmp_path):
         assert object_files(repo) == reader.referenced_objects()
         assert reader.read_file("/ci/main/new/f.txt") == b"ci/main/new"
         reader.check()
+
+
+def test_a_trust_policy_prefix_cannot_name_a_dot_segment():
+    from pydantic import ValidationError
+
+    from runtime.auth.policy import Policy
+
+    ok = Policy(claims={"repository": "octo/app"}, repository=FQRN, prefix="gh/{repository}/")
+    assert ok.render_prefix({"repository": "octo/app"}) == "gh/octo/app/"
+    with pytest.raises(ValueError):
+        ok.render_prefix({"repository": "octo/../../x"})  # a claim value cannot climb out
+    for bad in ("gh/../x/", "gh/./x/", "gh//x/"):
+        with pytest.raises(ValidationError, match="segments"):
+            Policy(claims={"repository": "octo/app"}, repository=FQRN, prefix=bad)

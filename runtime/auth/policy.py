@@ -20,10 +20,10 @@ that matches and names the requested repository wins.
 Prefix templates. ``{claim}`` is replaced by the claim's value, which must be one or more name
 segments of ``A-Z a-z 0-9 . _ -`` separated by ``/`` (never ``.``/``..``, never empty); any
 other value refuses the request. ``/`` in a value stays a segment separator: GitHub's
-``repository`` ``octo-org/app`` in ``gh/{repository}/`` gives ``gh/octo-org/app/``, i.e. a
-directory per repository once artifact names are hierarchical (today's artifact names are one
-segment, so such a prefix matches no name yet; use single-segment claims such as
-``repository_id``, ``repository_owner``, ``project_id``). Mapping ``/`` to ``-`` was rejected:
+``repository`` ``octo-org/app`` in ``gh/{repository}/`` gives ``gh/octo-org/app/``, the
+namespace ``gh/octo-org/app`` of hierarchical artifact names (the job then uploads
+``gh/octo-org/app/pr-7``; mind ``CVMFS_EPHEMERAL_MAX_NAME_DEPTH``, 4 by default, which such a
+prefix already uses 3 of). Mapping ``/`` to ``-`` was rejected:
 ``a-b/c`` and ``a/b-c`` would collide and one project could write into another's namespace. For
 the same reason every placeholder must be followed by a character that no value can contain
 (``/ + ~ @ : = ,``): ``gh-{repository_owner}-`` would let owner ``octo`` write ``gh-octo-org-x``.
@@ -106,6 +106,9 @@ class Policy(BaseModel):
                                  "another value's prefix")
         if value.startswith(("/", ".cvmfs")):
             raise ValueError(f"prefix {value!r} must not start with '/' or '.cvmfs'")
+        if any(seg in (".", "..") for seg in value.split("/")) or "//" in value:
+            # no artifact name has such a segment, so the policy could grant nothing: a typo
+            raise ValueError(f"prefix {value!r} must not hold '.' or '..' segments or '//'")
         return value
 
     @model_validator(mode="after")

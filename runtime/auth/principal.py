@@ -10,9 +10,12 @@ Scopes, from coarse to fine:
   routes); ``admin`` includes ``upload``.
 - ``repository``: the one repository it may write, or ``None`` for every repository (only an
   unscoped ``admin`` may call the global maintenance routes).
-- ``prefix``: a namespace prefix the artifact name must start with (``team-a-``, and
-  ``team-a/`` once artifact names are hierarchical). Matching is on the whole name as a string;
-  a prefix is expected to end with a separator so that ``team-a-`` never grants ``team-ab``.
+- ``prefix``: a namespace prefix the full artifact name must start with (``team-a/`` grants
+  ``team-a/x/y``, never ``team-b/...`` nor the name ``team-a`` itself; ``team-a-`` also works).
+  Matching is on the whole name as a string, which cannot be escaped because artifact names
+  are validated, never normalised (no ``.``/``..``/empty segment, no backslash:
+  ``runtime/repository/names.py``); a prefix is expected to end with a separator so that
+  ``team-a-`` never grants ``team-ab``.
 """
 
 from __future__ import annotations
