@@ -8,6 +8,11 @@ Prints:
 3. 10,000 small files as one artifact: files/s (target >= 10,000; cvmfs_server did 4,000-7,400).
 4. Publish latency of a 1-file artifact into a repository holding 100,000 files in 1,000
    artifacts: p50/p99 ms (target p99 < 50 ms).
+5. Hierarchical names (``--only-namespaces`` runs just this): publish latency of a 1-file
+   artifact at depth 3 into a repository holding 100,000 files in 1,000 artifacts spread over
+   50 namespaces, beside top-level 1-file publishes into the same repository (p50/p99 ms,
+   target p99 < 50 ms); then the time to list a prefix of 1,000 artifacts, beside the full
+   listing of the same repository.
 
 Usage: ``python bench/publish.py [--size-mib 1024] [--workdir DIR] [--quick]``. The work
 directory must be on the disk under test (default: a temp dir beside the repository).
@@ -214,6 +219,69 @@ def bench_latency(root: Path, artifacts: int, files_per: int, samples: int) -> N
     repo.close()
 
 
+def percentile(sorted_ms: list[float], q: float) -> float:
+    return sorted_ms[min(len(sorted_ms) - 1, int(round(q * (len(sorted_ms) - 1))))]
+
+
+def bench_namespaces(root: Path, artifacts: int, files_per: int, samples: int,
+                     namespaces: int = 50) -> None:
+    """5.: deep publishes and prefix listing (module docstring), each beside its baseline."""
+    repo = new_repo(root, "names")
+    batch = 50
+    for start in range(0, artifacts, batch):
+        tx = repo.begin()
+        for a in range(start, min(artifacts, start + batch)):
+            name = tx.artifact(f"ns{a % namespaces:02d}/app/art{a:04d}")
+            for f in range(files_per):
+                tx.add_file(f"{name}/sub{f % 10}/f{f:03d}", f"{a}-{f}".encode())
+        tx.publish()
+    settle()
+    deep, top = [], []
+    for i in range(samples):  # interleaved: both see the same repository and disk state
+        for label, name, out in (("deep", f"ns{i % namespaces:02d}/app/new{i:03d}", deep),
+                                 ("top", f"top{i:03d}", top)):
+            t = time.perf_counter()
+            tx = repo.begin()
+            tx.artifact(name)
+            tx.add_file(name, f"{label} sample {i}".encode())
+            tx.publish()
+            out.append((time.perf_counter() - t) * 1000)
+    deep.sort()
+    top.sort()
+    print(f"5. 1-file publish at depth 3 into {artifacts * files_per} files / {artifacts} "
+          f"artifacts / {namespaces} namespaces: p50 {statistics.median(deep):6.1f} ms   "
+          f"p99 {percentile(deep, 0.99):6.1f} ms (target p99 < 50 ms; {samples} samples)")
+    print(f"   baseline, top-level 1-file publish in the same run: p50 "
+          f"{statistics.median(top):6.1f} ms   p99 {percentile(top, 0.99):6.1f} ms")
+    # a prefix of 1,000 artifacts among everything above
+    for start in range(0, 1000, 250):
+        tx = repo.begin()
+        for i in range(start, start + 250):
+            name = tx.artifact(f"team-x/app/pr-{i:04d}")
+            tx.add_file(name, b"x")
+        tx.publish()
+    total = len(repo.artifacts())
+    repo.artifacts()  # warm: the full listing is served from decoded rows once read
+    prefixed, full, cold = [], [], []
+    for _ in range(20):
+        t = time.perf_counter()
+        listed = repo.artifacts("team-x/")
+        prefixed.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        repo.artifacts()
+        full.append((time.perf_counter() - t) * 1000)
+        repo.state.invalidate()  # as after any publish: every row is read and decoded again
+        t = time.perf_counter()
+        repo.artifacts()
+        cold.append((time.perf_counter() - t) * 1000)
+    assert len(listed) == 1000
+    print(f"   listing prefix team-x/ (1,000 of {total} artifacts, range query): median "
+          f"{statistics.median(prefixed):6.2f} ms")
+    print(f"   baseline full listing: {statistics.median(full):6.2f} ms from decoded rows, "
+          f"{statistics.median(cold):6.2f} ms after a publish (20 repeats)")
+    repo.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -223,6 +291,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--only", choices=["big", "small", "latency"], default=None)
+    ap.add_argument("--only-namespaces", action="store_true",
+                    help="run only 5. (hierarchical names: deep publishes, prefix listing)")
     args = ap.parse_args()
     base = args.workdir or Path(__file__).resolve().parents[1] / "var"
     base.mkdir(parents=True, exist_ok=True)
@@ -230,12 +300,17 @@ def main() -> None:
     try:
         # Small files first: freeing gigabytes on a filesystem mounted with discard stalls
         # metadata operations for a while afterwards.
+        if args.only_namespaces:
+            bench_namespaces(root, args.artifacts, args.files_per_artifact, args.samples)
+            return
         if args.only in (None, "small"):
             bench_small(root, args.small_files)
         if args.only in (None, "latency"):
             bench_latency(root, args.artifacts, args.files_per_artifact, args.samples)
         if args.only in (None, "big"):
             bench_big(root, args.size_mib * 2**20)
+        if args.only is None:
+            bench_namespaces(root, args.artifacts, args.files_per_artifact, args.samples)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
