@@ -301,10 +301,12 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 # Commands of the other areas register themselves here (their modules import their heavy
 # dependencies lazily, inside the commands).
 from .client import upload as _client_upload  # noqa: E402
+from .client import artifacts as _client_artifacts  # noqa: E402
 from .maintenance import cli as _maintenance_cli  # noqa: E402
 from .auth import cli as _auth_cli  # noqa: E402
 
 _client_upload.register(app)
+_client_artifacts.register(app)
 _maintenance_cli.register(app)
 _auth_cli.register(app)
 

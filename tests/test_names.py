@@ -381,3 +381,69 @@ def test_a_trust_policy_prefix_cannot_name_a_dot_segment():
     for bad in ("gh/../x/", "gh/./x/", "gh//x/"):
         with pytest.raises(ValidationError, match="segments"):
             Policy(claims={"repository": "octo/app"}, repository=FQRN, prefix=bad)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+def test_cli_uploads_lists_and_deletes_deep_names(srv, tmp_path):
+    import os
+
+    from typer.testing import CliRunner
+
+    from runtime.__main__ import app
+
+    env = {k: None for k in os.environ if k.startswith("CVMFS_EPHEMERAL_")}
+    env["CVMFS_EPHEMERAL_TOKEN"] = TOKEN
+
+    def cli(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(app, list(args), env=env)
+
+    f = tmp_path / "report.txt"
+    f.write_text("report\n")
+    common = ("--url", srv.url, "--repo", FQRN)
+    for name in ("team-a/app/pr-1", "team-a/app/pr-2", "team-b/x"):
+        res = cli("upload", str(f), *common, "--name", name)
+        assert res.exit_code == 0 and f"/cvmfs/{FQRN}/{name}" in res.stdout, res.output
+    res = cli("upload", str(f), *common, "--name", "team-a/../team-b/y")
+    assert res.exit_code == 1 and "invalid artifact name" in res.stderr
+    res = cli("list", *common, "--prefix", "team-a/")
+    assert res.exit_code == 0, res.output
+    assert [line.split()[0] for line in res.stdout.splitlines()] == ["team-a/app/pr-1",
+                                                                    "team-a/app/pr-2"]
+    res = cli("delete", "team-a", *common)
+    assert res.exit_code == 1 and "pass --recursive" in res.stderr
+    res = cli("delete", "team-a", *common, "--recursive")
+    assert res.exit_code == 0 and "deleted 2 artifact(s) under team-a" in res.stdout, res.output
+    res = cli("delete", "team-b/x", *common)
+    assert res.exit_code == 0 and "deleted team-b/x" in res.stdout
+    assert json.loads(cli("list", *common, "--json").stdout)["files"] == []
+
+
+def test_local_publish_takes_a_deep_name(tmp_path):
+    import os
+
+    from typer.testing import CliRunner
+
+    from runtime.__main__ import app
+
+    env = {k: None for k in os.environ if k.startswith("CVMFS_EPHEMERAL_")}
+    env.update(CVMFS_EPHEMERAL_DATA_DIR=str(tmp_path / "d"),
+               CVMFS_EPHEMERAL_KEYS_DIR=str(tmp_path / "k"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["init", "local.example.org"], env=env).exit_code == 0
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    res = runner.invoke(app, ["publish", "local.example.org", str(src), "--name", "a/b/c"],
+                        env=env)
+    assert res.exit_code == 0 and "published a/b/c" in res.stdout, res.output
+    res = runner.invoke(app, ["publish", "local.example.org", str(src), "--name", "a/b"],
+                        env=env)
+    assert res.exit_code == 2 and "'a/b' is a namespace" in res.stderr, res.output
+    from runtime.repository import Repository
+    from runtime.settings import RepositoryConfig
+
+    repo = Repository(tmp_path / "d", tmp_path / "k", RepositoryConfig(fqrn="local.example.org"))
+    assert [a.name for a in repo.artifacts()] == ["a/b/c"]
+    assert "/a/b/c/f" in repo.artifact_tree("a/b/c")
+    repo.close()
