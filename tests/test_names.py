@@ -215,6 +215,18 @@ def test_conflict_is_decided_at_commit_for_racing_uploads(srv):
         assert isinstance(result.error_for(txs[1]), ArtifactExists)
         names = {a.name for a in repo.artifacts()}
         assert first in names and second not in names
+    # staged side by side, committed one after the other: the second finds the first's row
+    for first, second in (("m/n", "m/n/o"), ("k/l/m", "k/l")):
+        txs = []
+        for name in (first, second):
+            tx = repo.begin()
+            tx.artifact(name)
+            tx.add_file(name, b"staged together")
+            txs.append(tx)
+        txs[0].publish()
+        with pytest.raises(ArtifactExists):
+            txs[1].publish()
+        assert second not in {a.name for a in repo.artifacts()}
     with reader(srv) as rd:
         rd.check()
 
