@@ -9,9 +9,11 @@ Layout under the data directory (nginx serves only ``public/`` and ``meta/``)::
     private/<fqrn>/writer.lock
     private/<fqrn>/staging/   one marker per transaction in flight (gc keeps their objects)
 
-Every top-level directory of the repository is one *artifact* with its own nested catalog, so a
+Every artifact is one directory (or file) of the repository with its own nested catalog, so a
 publish rewrites only the catalogs of the artifacts it touches plus the root catalog, whose rows
-are rebuilt from ``state.db`` without reading any other catalog.
+are rebuilt from ``state.db`` without reading any other catalog. An artifact is top-level
+(``build-42``) or lies in namespaces (``team-a/app/pr-123``): the namespaces are plain
+directories of the root catalog, derived from the names at each commit (``commit.py``).
 
 Write path: staging (``transaction.py``: content streamed into objects, no lock; a crash leaves
 orphan objects for gc), then the group commit under the writer lock (``commit.py``, which lists

@@ -12,6 +12,9 @@ too full even for the marker, a transaction can still remove artifacts and chang
 (they stage no object, so gc has nothing of theirs to spare), and refuses content with
 :class:`StorageFull` (507).
 
+Names with namespaces (``team-a/app/pr-123``) are declared first (:meth:`Transaction.artifact`),
+so that a path below one is known to belong to it rather than to a top-level artifact ``team-a``.
+
 Overwrite is decided at commit: staging an artifact's top-level entry (``add_directory(name)``,
 ``add_file(name)``, ``add_symlink(name)``, ``open_file(name)``) makes the transaction *replace*
 that artifact whole with what it staged, whatever the artifact holds when the commit runs (the
