@@ -8,7 +8,7 @@ group commit shared with other uploads (``commit.py``).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .errors import InvalidPath
 
@@ -105,6 +105,23 @@ def namespaces_of(name: str) -> list[str]:
     """Every namespace holding ``name``, outermost first: ['a', 'a/b'] for 'a/b/c'."""
     segments = name.split("/")
     return ["/".join(segments[:i]) for i in range(1, len(segments))]
+
+
+def child_namespaces(artifacts: Iterable[tuple[str, int]],
+                     prefix: str) -> list[dict[str, object]]:
+    """The namespaces directly below ``prefix`` ('' = the top) that the ``(name, size)`` pairs
+    lie in, with how many artifacts and bytes each holds (a listing's and the browser's tree)."""
+    cut = len(prefix) + 1 if prefix else 0
+    out: dict[str, dict[str, object]] = {}
+    for name, size in artifacts:
+        rest = name[cut:]
+        if "/" not in rest:
+            continue
+        ns = name[:cut] + rest.partition("/")[0]
+        row = out.setdefault(ns, {"name": ns, "artifacts": 0, "size": 0})
+        row["artifacts"] += 1  # type: ignore[operator]
+        row["size"] += size  # type: ignore[operator]
+    return [out[k] for k in sorted(out)]
 
 
 def validate_prefix(prefix: str, max_depth: int = DEFAULT_MAX_NAME_DEPTH) -> str:

@@ -36,8 +36,7 @@ from starlette.routing import Route
 
 from ..clientconf import client_config
 from ..repository import ArtifactInfo, Repository, RepositoryError, validate_artifact_name
-from ..repository.names import parent_namespace
-from .uploads import child_namespaces
+from ..repository.names import child_namespaces, parent_namespace
 from ..settings import Settings
 
 HERE = Path(__file__).parent
@@ -166,7 +165,7 @@ def repository_page(repo: Repository, now: float, namespace: str = "") -> dict[s
                                                              now)}
                  for r in repo.revisions()[:RECENT_PUBLISHES]]
     namespaces = [dict(ns, leaf=ns["name"].rpartition("/")[2], size_h=human_size(ns["size"]))
-                  for ns in child_namespaces(arts, namespace)]
+                  for ns in child_namespaces([(a.name, a.size) for a in arts], namespace)]
     return {"repo": repository_summary(repo, now), "namespace": namespace,
             "crumbs": namespace_crumbs(namespace), "namespaces": namespaces[:MAX_ARTIFACTS],
             "artifacts": [artifact_row(a, now) for a in here[:MAX_ARTIFACTS]],

@@ -41,7 +41,7 @@ from ..gateway.notifier import Notifier
 from ..repository import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInitialized,
                           PublishResult, Repository, RepositoryError, RepositoryLocked,
                           Transaction, validate_artifact_name)
-from ..repository.names import namespaces_of, parent_namespace
+from ..repository.names import child_namespaces, namespaces_of, parent_namespace
 from ..settings import Settings
 from . import digests, downloads, durations
 from .auth import Authorizer, Token
@@ -655,22 +655,6 @@ def _file_download(repo: Repository, request: Request, name: str, entry: Any) ->
                                   media_type="application/octet-stream", headers=headers)
 
 
-def child_namespaces(arts: list[Any], prefix: str) -> list[dict[str, Any]]:
-    """The namespaces directly below ``prefix`` ('' = the root) that ``arts`` lie in, with
-    how many artifacts and bytes each holds (a listing's and the browser's tree)."""
-    cut = len(prefix) + 1 if prefix else 0
-    out: dict[str, dict[str, Any]] = {}
-    for a in arts:
-        rest = a.name[cut:]
-        if "/" not in rest:
-            continue
-        ns = a.name[:cut] + rest.partition("/")[0]
-        row = out.setdefault(ns, {"name": ns, "artifacts": 0, "size": 0})
-        row["artifacts"] += 1
-        row["size"] += a.size
-    return [out[k] for k in sorted(out)]
-
-
 # --------------------------------------------------------------------------------------------
 # routes
 
@@ -712,7 +696,7 @@ def router() -> APIRouter:
         base = prefix.rstrip("/")
         return JSONResponse({
             "repository": fqrn, "revision": repo.revision(), "prefix": base,
-            "namespaces": child_namespaces(arts, base),
+            "namespaces": child_namespaces([(a.name, a.size) for a in arts], base),
             "files": [{"name": a.name, "kind": a.kind, "size": a.size, "files": a.files,
                        "expires_at": iso(a.expires_at), "created_at": iso(a.created_at),
                        "revision": a.revision, "provenance": a.provenance} for a in arts]})
