@@ -129,7 +129,8 @@ def test_publish_refuses_bad_artifact_names_and_writes_nothing(tmp_path: Path,
     (src / "f").write_bytes(b"x")
     manifest = Path(dirs["CVMFS_EPHEMERAL_DATA_DIR"], "public", FQRN, ".cvmfspublished")
     before = manifest.read_bytes()
-    for name in ("a/b", "..", ".cvmfscatalog"):
+    # a/b is a valid hierarchical name now; a/../b, a//b and too many segments are not
+    for name in ("a/../b", "a//b", "a/b/c/d/e", "..", ".cvmfscatalog"):
         proc = run("publish", FQRN, str(src), "--as", name, env=dirs, check=False)
         assert proc.returncode == 2 and "invalid artifact name" in proc.stderr, proc.stderr
     assert manifest.read_bytes() == before
