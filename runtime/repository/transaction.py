@@ -322,7 +322,7 @@ class Transaction:
         self.add_directory(base, mode=st.st_mode, mtime=int(st.st_mtime))
         batches: list[tuple[list[tuple[ValidPath, int, int]], Future]] = []
         batch: list[tuple[ValidPath, int, int]] = []
-        paths: list[str] = []
+        paths: list[tuple[str, int]] = []
         count = 1
 
         def flush() -> None:
@@ -344,7 +344,7 @@ class Transaction:
                 validate_mtime(int(st.st_mtime), path)
                 if st.st_size <= self.repo.ingester.chunk_size:
                     batch.append((parts, mode, int(st.st_mtime)))
-                    paths.append(path)
+                    paths.append((path, st.st_size))
                     if len(batch) >= 64:
                         flush()
                 else:
