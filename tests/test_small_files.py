@@ -6,46 +6,45 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 
 import pytest
 
 from runtime.cvmfs.batches import read_small_file, store_files
 from runtime.cvmfs.objects import ObjectStore
+from runtime.repository import InvalidPath
 from tests.served import served_repository
 
 
-def test_a_file_is_read_whole_at_the_size_seen(tmp_path):
+def test_a_file_is_read_whole_with_the_status_of_what_was_read(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc" * 1000)
-    assert read_small_file(str(path), 3000, limit=4096) == b"abc" * 1000
+    st, data = read_small_file(str(path), limit=4096)
+    assert data == b"abc" * 1000
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 3000
 
 
-def test_a_file_that_grew_since_the_walk_is_read_to_its_end(tmp_path):
-    path = tmp_path / "f"
-    path.write_bytes(b"x" * 3000)
-    assert read_small_file(str(path), 10, limit=4096) == b"x" * 3000
-
-
-def test_a_file_that_shrank_since_the_walk_is_read_as_it_is_now(tmp_path):
-    path = tmp_path / "f"
-    path.write_bytes(b"short")
-    assert read_small_file(str(path), 4000, limit=4096) == b"short"
-
-
-def test_a_file_that_grew_past_one_chunk_is_refused(tmp_path):
+def test_a_file_larger_than_the_limit_is_not_read(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"y" * 5000)
-    with pytest.raises(ValueError, match="grew"):
-        read_small_file(str(path), 100, limit=4096)
+    st, data = read_small_file(str(path), limit=4096)
+    assert data is None and st.st_size == 5000
 
 
-def test_a_file_replaced_by_a_symlink_is_not_followed(tmp_path):
+def test_a_symlink_is_not_followed(tmp_path):
     secret = tmp_path / "secret"
     secret.write_bytes(b"not for publishing")
     link = tmp_path / "f"
     link.symlink_to(secret)
     with pytest.raises(OSError):
-        read_small_file(str(link), 18, limit=4096)
+        read_small_file(str(link), limit=4096)
+
+
+def test_a_fifo_is_neither_read_nor_waited_on(tmp_path):
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    st, data = read_small_file(str(fifo), limit=4096)  # would block without O_NONBLOCK
+    assert data is None and stat.S_ISFIFO(st.st_mode)
 
 
 @pytest.mark.parametrize("compressed", [False, True])
@@ -57,8 +56,9 @@ def test_stored_files_are_named_by_what_is_served(tmp_path, compressed):
         p = tmp_path / f"f{i}"
         p.write_bytes(os.urandom(size))
         files.append((str(p), size))
-    stored = store_files(store, compressed, files, limit=4096)
-    for (path, size), (hex_, stored_size, got_size) in zip(files, stored):
+    stored = store_files(store, compressed, [p for p, _ in files], limit=4096)
+    for (path, size), (st, hex_, stored_size, got_size) in zip(files, stored):
+        assert st.st_size == size
         served = store.read(hex_)
         assert hashlib.sha1(served).hexdigest() == hex_
         assert len(served) == stored_size and got_size == size
@@ -83,3 +83,34 @@ def test_a_published_tree_of_small_files_reads_back_through_a_client(tmp_path):
         reader.check()
         for path, data in want.items():
             assert reader.read_file(path) == data
+
+
+def test_a_tree_mixing_small_large_and_linked_files_reads_back(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    big = os.urandom(3 * 65536 + 17)  # several chunks: streamed, not batched
+    (src / "sub" / "big").write_bytes(big)
+    (src / "small").write_bytes(b"small")
+    (src / "link").symlink_to("sub/big")
+    with served_repository(tmp_path, compression="zlib", chunk_size=65536) as served:
+        with served.repo.begin() as tx:
+            assert tx.add_tree(src, "mix") == 5
+            tx.publish()
+        reader = served.reader()
+        reader.check()
+        assert reader.read_file("/mix/sub/big") == big
+        assert reader.read_file("/mix/small") == b"small"
+        assert reader.walk()["/mix/link"].symlink == "sub/big"
+
+
+def test_a_tree_holding_a_fifo_is_refused_and_nothing_is_published(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok").write_bytes(b"fine")
+    os.mkfifo(src / "pipe")
+    with served_repository(tmp_path) as served:
+        before = served.repo.manifest_bytes()
+        with served.repo.begin() as tx:
+            with pytest.raises(InvalidPath, match="special files"):
+                tx.add_tree(src, "bad")
+        assert served.repo.manifest_bytes() == before

@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import stat
 import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -52,18 +53,22 @@ def store_blobs(store: ObjectStore, compressed: bool, blobs: list[bytes],
     return out
 
 
-def read_small_file(path: str, size: int, limit: int) -> bytes:
-    """The bytes of the local file ``path``, seen ``size`` bytes long, at most ``limit``.
+def read_small_file(path: str, limit: int) -> tuple[os.stat_result, bytes | None]:
+    """The status and bytes of the local file ``path``; bytes None when it holds more than
+    ``limit`` bytes or is not a regular file (the caller decides what that means).
 
-    Three system calls (open, read, close) where ``open(path).read()`` makes eight (it also
-    fstats twice, asks whether the file is a terminal and seeks), and a buffer of the size
-    seen rather than of the limit. ``O_NOFOLLOW``: a file the walk saw as regular that became
-    a symlink meanwhile is refused, not followed. One that grew is read on up to the limit.
+    Four system calls (open, fstat, read, close) where ``lstat`` + ``open(path).read()`` made
+    nine, and the status comes from the file actually read, so what the walk saw cannot
+    differ from what is stored. ``O_NOFOLLOW``: a symlink put in place meanwhile is refused,
+    not followed; ``O_NONBLOCK``: a FIFO put in place meanwhile does not hang the publish.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        data = os.read(fd, size + 1)
-        if len(data) > size:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return st, None
+        data = os.read(fd, st.st_size + 1)
+        if len(data) > st.st_size:  # growing while read: read on up to the limit
             pieces = [data]
             total = len(data)
             while total <= limit:
@@ -72,23 +77,27 @@ def read_small_file(path: str, size: int, limit: int) -> bytes:
                     break
                 pieces.append(piece)
                 total += len(piece)
+            if total > limit:
+                return st, None
             data = b"".join(pieces)
-        if len(data) > limit:
-            raise ValueError(f"{path}: a batched file must fit in one chunk (it grew)")
-        return data
+        return st, data
     finally:
         os.close(fd)
 
 
-def store_files(store: ObjectStore, compressed: bool, files: list[tuple[str, int]],
-                limit: int, level: int = DEFAULT_LEVEL) -> list[tuple[str, int, int]]:
-    """Read each local file ``(path, size seen)`` (at most ``limit`` bytes) and store it as a
-    whole-file object; ``(hex, stored size, size)`` each, in order."""
+def store_files(store: ObjectStore, compressed: bool, paths: list[str], limit: int,
+                level: int = DEFAULT_LEVEL) -> list[tuple[os.stat_result, str, int, int]]:
+    """Read each local file of at most ``limit`` bytes and store it as a whole-file object:
+    ``(status, hex, stored size, size)`` each, in order; hex ``""`` (nothing stored) for a
+    file that is larger or not a regular file."""
     out = []
-    for path, size in files:
-        data = read_small_file(path, size, limit)
+    for path in paths:
+        st, data = read_small_file(path, limit)
+        if data is None:
+            out.append((st, "", 0, 0))
+            continue
         obj = store.put_content(data, FILE, compressed, level)
-        out.append((obj.hex, obj.stored_size, len(data)))
+        out.append((st, obj.hex, obj.stored_size, len(data)))
     return out
 
 

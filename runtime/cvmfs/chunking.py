@@ -117,21 +117,24 @@ class Ingester:
         self._check_batch(blobs)
         return self.batches.submit(blobs, lambda stored: self._contents(blobs, stored))
 
-    def ingest_files(self, files: list[tuple[str, int]]) -> Future:
-        """Like :meth:`ingest_batch` for local files ``(path, size seen)``, read on a worker
-        thread of this process (:func:`.batches.store_files`).
+    def ingest_files(self, paths: list[str]) -> Future:
+        """Like :meth:`ingest_batch` for local files, opened, checked and read on a worker
+        thread of this process (:func:`.batches.store_files`). The future yields
+        ``(status, content)`` per path, content None when the file was not stored (larger
+        than a chunk, or not a regular file).
 
         Not in the helper process: starting it costs a CLI publish about as much as it saves
         on a 10,000-file tree, and the reads and creates spend their time in the kernel,
         outside the GIL.
         """
-        return self._pool.submit(self._store_files, files)
+        return self._pool.submit(self._store_files, paths)
 
-    def _store_files(self, files: list[tuple[str, int]]) -> list[FileContent]:
-        return [FileContent(size, self.compressed, bytes.fromhex(h), [],
-                            [StoredObject(h, FILE, n)])
-                for h, n, size in store_files(self.store, self.compressed, files,
-                                              self.chunk_size, self.level)]
+    def _store_files(self, paths: list[str]
+                     ) -> list[tuple[os.stat_result, FileContent | None]]:
+        return [(st, FileContent(size, self.compressed, bytes.fromhex(h), [],
+                                 [StoredObject(h, FILE, n)]) if h else None)
+                for st, h, n, size in store_files(self.store, self.compressed, paths,
+                                                  self.chunk_size, self.level)]
 
     def _check_batch(self, blobs: list[bytes]) -> None:
         for data in blobs:
