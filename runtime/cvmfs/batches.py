@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import stat
 import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -52,15 +53,67 @@ def store_blobs(store: ObjectStore, compressed: bool, blobs: list[bytes],
     return out
 
 
+def read_small_file(path: str, limit: int) -> tuple[os.stat_result, bytes | None]:
+    """The status and bytes of the local file ``path``; bytes None when it holds more than
+    ``limit`` bytes or is not a regular file (the caller decides what that means).
+
+    Four system calls (open, fstat, read, close) where ``lstat`` + ``open(path).read()`` made
+    nine, and the status comes from the file actually read, so what the walk saw cannot
+    differ from what is stored. ``O_NOFOLLOW``: a symlink put in place meanwhile is refused,
+    not followed; ``O_NONBLOCK``: a FIFO put in place meanwhile does not hang the publish.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return st, None
+        data = os.read(fd, st.st_size + 1)
+        if len(data) > st.st_size:  # growing while read: read on up to the limit
+            pieces = [data]
+            total = len(data)
+            while total <= limit:
+                piece = os.read(fd, limit + 1 - total)
+                if not piece:
+                    break
+                pieces.append(piece)
+                total += len(piece)
+            if total > limit:
+                return st, None
+            data = b"".join(pieces)
+        return st, data
+    finally:
+        os.close(fd)
+
+
+def store_files(store: ObjectStore, compressed: bool, paths: list[str], limit: int,
+                level: int = DEFAULT_LEVEL) -> list[tuple[os.stat_result, str, int, int]]:
+    """Read each local file of at most ``limit`` bytes and store it as a whole-file object:
+    ``(status, hex, stored size, size)`` each, in order; hex ``""`` (nothing stored) for a
+    file that is larger or not a regular file."""
+    out = []
+    for path in paths:
+        st, data = read_small_file(path, limit)
+        if data is None:
+            out.append((st, "", 0, 0))
+            continue
+        obj = store.put_content(data, FILE, compressed, level)
+        out.append((st, obj.hex, obj.stored_size, len(data)))
+    return out
+
+
+def _store_at(root: str) -> ObjectStore:
+    store = _stores.get(root)
+    if store is None:
+        store = _stores[root] = ObjectStore(Path(root))
+    return store
+
+
 def store_batch(root: str, compressed: bool, blobs: list[bytes],
                 level: int = DEFAULT_LEVEL) -> list[tuple[str, int]]:
     """In the helper: :func:`store_blobs` into the store at ``root`` (opened once)."""
     if not blobs:
         return []
-    store = _stores.get(root)
-    if store is None:
-        store = _stores[root] = ObjectStore(Path(root))
-    return store_blobs(store, compressed, blobs, level)
+    return store_blobs(_store_at(root), compressed, blobs, level)
 
 
 #: How often a helper checks that the server that started it is still alive.

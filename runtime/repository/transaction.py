@@ -352,6 +352,12 @@ class Transaction:
 
         Returns the number of entries staged. Special files are refused: a stratum 0 of CI
         artifacts has no use for device nodes.
+
+        The walk stats directories and symlinks only; a regular file (known from the
+        directory entry's type) is opened, stat'ed and read by a worker in one go, so this
+        thread, which holds the GIL, makes no system call per file. A file that turns out
+        larger than a chunk is streamed here afterwards; one that is no longer a regular
+        file is refused like any special file.
         """
         source = Path(source)
         base = split_path(dest)
@@ -359,48 +365,47 @@ class Transaction:
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidPath(f"{source} is not a directory")
         self.add_directory(base, mode=st.st_mode, mtime=int(st.st_mtime))
-        batches: list[tuple[list[tuple[ValidPath, int, int]], Future]] = []
-        batch: list[tuple[ValidPath, int, int]] = []
-        paths: list[str] = []
+        ingester = self.repo.ingester
+        batches: list[tuple[list[tuple[ValidPath, str]], Future]] = []
+        batch: list[tuple[ValidPath, str]] = []
         count = 1
 
         def flush() -> None:
             if batch:
-                batches.append((list(batch), self.repo.ingester.ingest_files(list(paths))))
+                batches.append((list(batch), ingester.ingest_files([p for _, p in batch])))
                 batch.clear()
-                paths.clear()
-            while len(batches) > 2 * self.repo.ingester.workers:
+            while len(batches) > 2 * ingester.workers:
                 self._record_batch(*batches.pop(0))
 
-        for parts, path, st in _walk(source, base):
+        for parts, entry in _walk(source, base):
             count += 1
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                self.add_directory(parts, mode=mode, mtime=int(st.st_mtime))
-            elif stat.S_ISLNK(mode):
-                self.add_symlink(parts, os.readlink(path), mtime=int(st.st_mtime))
-            elif stat.S_ISREG(mode):
-                validate_mtime(int(st.st_mtime), path)
-                if st.st_size <= self.repo.ingester.chunk_size:
-                    batch.append((parts, mode, int(st.st_mtime)))
-                    paths.append(path)
-                    if len(batch) >= 64:
-                        flush()
-                else:
-                    self.repo.space.check(st.st_size)
-                    with open(path, "rb") as fh:
-                        content = self.repo.ingester.ingest(fh)
-                    self._record_file(parts, content, mode, int(st.st_mtime))
+            if entry.is_file(follow_symlinks=False):
+                batch.append((parts, entry.path))
+                if len(batch) >= 64:
+                    flush()
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                self.add_directory(parts, mode=st.st_mode, mtime=int(st.st_mtime))
+            elif stat.S_ISLNK(st.st_mode):
+                self.add_symlink(parts, os.readlink(entry.path), mtime=int(st.st_mtime))
             else:
-                raise InvalidPath(f"{path}: special files are not supported")
+                raise InvalidPath(f"{entry.path}: special files are not supported")
         flush()
         for item in batches:
             self._record_batch(*item)
         return count
 
-    def _record_batch(self, batch: list[tuple[ValidPath, int, int]], fut: Future) -> None:
-        for (parts, mode, mtime), content in zip(batch, fut.result()):
-            self._record_file(parts, content, mode, mtime)
+    def _record_batch(self, batch: list[tuple[ValidPath, str]], fut: Future) -> None:
+        for (parts, path), (st, content) in zip(batch, fut.result()):
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidPath(f"{path}: special files are not supported")
+            mtime = validate_mtime(int(st.st_mtime), path)
+            if content is None:  # larger than a chunk: streamed in chunks from here
+                self.repo.space.check(st.st_size)
+                with open(path, "rb") as fh:
+                    content = self.repo.ingester.ingest(fh)
+            self._record_file(parts, content, st.st_mode, mtime)
 
     @property
     def stages_no_content(self) -> bool:
@@ -445,8 +450,12 @@ class Transaction:
             self.abort()
 
 
-def _walk(root: Path, base: ValidPath) -> Iterator[tuple[ValidPath, str, os.stat_result]]:
-    """Depth-first walk yielding (validated repository parts, fs path, lstat), parents first."""
+def _walk(root: Path, base: ValidPath) -> Iterator[tuple[ValidPath, os.DirEntry]]:
+    """Depth-first walk yielding (validated repository parts, directory entry), parents first.
+
+    Entries are typed from the directory itself (``d_type``; one ``lstat`` only where the
+    filesystem does not say), so walking costs no system call per file.
+    """
     stack = [(str(root), base)]
     while stack:
         directory, parts = stack.pop()
@@ -454,9 +463,8 @@ def _walk(root: Path, base: ValidPath) -> Iterator[tuple[ValidPath, str, os.stat
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
             child = parts.child(e.name)
-            st = e.stat(follow_symlinks=False)
-            yield child, e.path, st
-            if stat.S_ISDIR(st.st_mode):
+            yield child, e
+            if e.is_dir(follow_symlinks=False):
                 stack.append((e.path, child))
 
 

@@ -1,0 +1,102 @@
+"""Same-run baselines and summaries shared by bench/publish.py and bench/upload.py.
+
+Every figure a benchmark prints stands beside one of these, measured in the same run on the
+same filesystem, so that a shared or noisy machine shifts both and the ratio stays readable:
+
+- :func:`direct_write`: the device's own write speed (``O_DIRECT``, no page cache);
+- :func:`zlib_single`: one single-core pass of stock zlib at the default level;
+- :func:`tar_extract_sync`: ``tar -x`` of an archive plus ``sync -f`` of its filesystem, what
+  creating the same files with the system's own C tools costs.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import statistics
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+BLOCK = 8 * 1024 * 1024
+
+
+def default_dir() -> Path:
+    """Beside the data directory the server would use (``CVMFS_EPHEMERAL_DATA_DIR``, default
+    ``var/data``): the filesystem the figures are about, not a fresh loop mount."""
+    data = Path(os.environ.get("CVMFS_EPHEMERAL_DATA_DIR", "var/data"))
+    base = data.resolve().parent
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def direct_write(src: Path, dst: Path) -> float | None:
+    """Seconds to copy ``src`` to ``dst`` with ``O_DIRECT`` and fsync; None where unsupported."""
+    buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT requires
+    try:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    except OSError:
+        return None
+    started = time.perf_counter()
+    try:
+        with open(src, "rb", buffering=0) as fin:
+            while True:
+                n = fin.readinto(buf)
+                if not n:
+                    break
+                if n % 4096:
+                    os.close(fd)
+                    fd = os.open(dst, os.O_WRONLY)  # unaligned tail: finish buffered
+                    os.lseek(fd, 0, os.SEEK_END)
+                os.write(fd, memoryview(buf)[:n])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - started
+    dst.unlink()
+    return elapsed
+
+
+def zlib_single(src: Path) -> float:
+    """Seconds for one single-core stock zlib pass (level 6) over ``src``, 8 MiB at a time."""
+    started = time.perf_counter()
+    with open(src, "rb") as fin:
+        while block := fin.read(BLOCK):
+            zlib.compress(block, 6)
+    return time.perf_counter() - started
+
+
+def tar_extract_sync(archive: Path, out: Path) -> float:
+    """Seconds for ``tar -xf archive -C out`` followed by ``sync -f out`` (``out`` is created).
+
+    ``sync -f`` (``syncfs``) flushes the filesystem under test only, as a publish does: a
+    plain ``sync`` also waits for every other filesystem's dirty pages, which on a shared
+    machine made the baseline several times slower whenever someone else was writing.
+    """
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
+    if subprocess.run(["sync", "-f", str(out)], capture_output=True).returncode:
+        os.sync()  # a sync without -f (not coreutils): everything
+    return time.perf_counter() - started
+
+
+def have_tar() -> bool:
+    return shutil.which("tar") is not None
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """``median [min–max]`` of ``values``."""
+    return (f"{fmt.format(statistics.median(values))} "
+            f"[{fmt.format(min(values))}–{fmt.format(max(values))}]")
+
+
+def load() -> str:
+    """The 1-minute load average, printed beside each round: on a shared machine it says
+    which rounds were measured under someone else's load."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
