@@ -64,6 +64,16 @@ def validate_artifact_name(name: str) -> str:
     return validate_name(name, what="artifact name")
 
 
+def parent_namespace(name: str) -> str:
+    """'team-a/app' for 'team-a/app/pr-123'; '' for a top-level name."""
+    return name.rpartition("/")[0]
+
+
+def top_namespace(name: str) -> str:
+    """'team-a' for 'team-a/app/pr-123'; the name itself for a top-level name."""
+    return name.partition("/")[0]
+
+
 def validate_symlink_target(target: str, where: str) -> str:
     """A symlink target the catalog's TEXT column and the client can hold."""
     if not isinstance(target, str) or not target or "\0" in target:

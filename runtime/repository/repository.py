@@ -237,7 +237,7 @@ class Repository:
     def artifacts(self) -> list[ArtifactInfo]:
         return [ArtifactInfo(a.name, kind_of(a.top), a.size, a.files, a.created_at,
                              a.expires_at, a.revision, a.content_digest, a.catalog_hash,
-                             a.provenance)
+                             a.provenance, a.pinned, a.sha256)
                 for a in sorted(self._rows().values(), key=lambda a: a.name)]
 
     def artifact(self, name: str) -> ArtifactInfo:
