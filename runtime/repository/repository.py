@@ -87,6 +87,9 @@ class Repository:
         self._commit_lock = threading.Lock()
         self._keys: keys_mod.RepositoryKeys | None = None
         self.listeners: list[Callable[[PublishResult], None]] = []
+        #: called with (job, report) after each maintenance job run in this process
+        #: (``maintenance/housekeeping.run_job``): how the server counts expirations per run
+        self.job_listeners: list[Callable[[str, dict], None]] = []
 
     # -- paths and basic state ------------------------------------------------------------
     @property
