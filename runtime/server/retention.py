@@ -119,12 +119,13 @@ def usage(artifacts: Iterable[ArtifactInfo]) -> dict[str, NamespaceUsage]:
 
 
 def precheck_quota(rules: Lifetimes, fqrn: str, name: str, incoming: int,
-                   artifacts: Iterable[ArtifactInfo]) -> None:
+                   artifacts: Iterable[ArtifactInfo]) -> "QuotaRoom | None":
     """Refuse (:class:`QuotaExceeded`, 413) before staging when ``incoming`` bytes replacing
-    ``name`` cannot fit its top-level namespace's quota (the commit checks again)."""
+    ``name`` cannot fit its top-level namespace's quota (the commit checks again). Returns
+    what is left, to refuse a file mid-stream once it outgrows it; None without a quota."""
     quota = rules.quota_bytes
     if quota is None:
-        return
+        return None
     top = top_namespace(name)
     used = replaced = 0
     for a in artifacts:
@@ -132,11 +133,29 @@ def precheck_quota(rules: Lifetimes, fqrn: str, name: str, incoming: int,
             used += a.size
             if a.name == name:
                 replaced = a.size
-    after = used - replaced + incoming
-    if after > quota:
-        raise QuotaExceeded(
-            f"quota exceeded: namespace {top!r} of {fqrn} may hold {quota} bytes, {used} are "
-            f"in use and this upload would make it {after}; nothing was published")
+    room = QuotaRoom(fqrn, top, quota, used, used - replaced)
+    room.check(incoming)
+    return room
+
+
+@dataclass(frozen=True)
+class QuotaRoom:
+    """A namespace's quota as seen before staging: ``check`` refuses a size that cannot fit."""
+
+    fqrn: str
+    namespace: str
+    quota: int
+    used: int
+    #: bytes the namespace holds without the artifact being replaced
+    others: int
+
+    def check(self, incoming: int) -> None:
+        after = self.others + incoming
+        if after > self.quota:
+            raise QuotaExceeded(
+                f"quota exceeded: namespace {self.namespace!r} of {self.fqrn} may hold "
+                f"{self.quota} bytes, {self.used} are in use and this upload would make it "
+                f"{after}; nothing was published")
 
 
 def usage_report(fqrn: str, revision: int, rules: Lifetimes,

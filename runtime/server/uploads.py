@@ -332,11 +332,13 @@ def _declared_length(request: Request) -> int | None:
 
 
 async def _stage_file(tx: Transaction, name: str, chunks: AsyncIterator[bytes],
-                      count: Counter) -> int:
+                      count: Counter, room: "retention.QuotaRoom | None" = None) -> int:
     staged = tx.open_file(name, mode=0o644)
     try:
         async for chunk in chunks:
             count(len(chunk))
+            if room is not None:  # -- retention: stop a file once it outgrows the quota
+                room.check(count.total)
             if chunk:
                 await staged.awrite(chunk)
         content = await staged.aclose()
@@ -458,9 +460,10 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         if not overwrite and any(a.name == name for a in repo.artifacts()):
             raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}; "
                                  "pass overwrite=true to replace it")
-        if declared is not None and not unpack:  # a file: its size is known before staging
-            retention.precheck_quota(service.settings.lifetimes(fqrn), fqrn, name,
-                                     max(0, declared - slack), repo.artifacts())
+        # a file's size is known before staging (Content-Length), and its bytes as they come
+        room = None if unpack else retention.precheck_quota(
+            service.settings.lifetimes(fqrn), fqrn, name,
+            0 if declared is None else max(0, declared - slack), repo.artifacts())
     except (RepositoryError, InvalidMetadata) as exc:
         await _drain(raw_stream, DRAIN_LIMIT)
         service.metrics.uploads.labels(fqrn, "refused").inc()
@@ -480,7 +483,7 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
                                               tenant=principal.label)
             extra = {"files": stats.files + stats.hardlinks, "image": stats.image}
         else:
-            await _stage_file(tx, name, chunks, count)
+            await _stage_file(tx, name, chunks, count, room)
             extra = {"sha256": hashed.hexdigest()}
         hashed.verify()  # a mismatch raises 400 here: the transaction is aborted below
         if not unpack:
