@@ -28,8 +28,8 @@ from .transaction import StagedFile, Transaction
 __all__ = [
     "ArtifactExists", "ArtifactInfo", "ArtifactNotFound", "Commit", "DEFAULT_BODY_IDLE_TIMEOUT_S",
     "DEFAULT_MIN_FREE_BYTES", "InvalidPath", "MARKER_NAME", "NAME_MAX_BYTES", "NotInitialized",
-    "PublishResult", "QuotaExceeded", "REPLICA_MARKER", "RESERVED_PREFIX", "Repository", "RepositoryError",
-    "RepositoryLocked", "StagedFile", "StorageFull", "Transaction", "TransactionAbandoned",
+    "PublishResult", "QuotaExceeded", "REPLICA_MARKER", "RESERVED_PREFIX", "Repository",
+    "RepositoryError", "RepositoryLocked", "StagedFile", "StorageFull", "Transaction", "TransactionAbandoned",
     "ValidPath", "atomic_write", "catalog_path", "content_digest", "fsync_dir", "parent_namespace",
     "split_path", "top_namespace", "utcnow", "validate_artifact_name", "validate_name",
 ]

@@ -65,7 +65,8 @@ FORM_FIELDS = ("keep_last", "pin")
 MAX_FORM_FIELD_BYTES = 64
 
 _STATUS: list[tuple[type[BaseException], int]] = [
-    (ArtifactTooLarge, 413), (QuotaExceeded, 413), (ArchiveError, 400), (InvalidPath, 400), (ArtifactExists, 409),
+    (ArtifactTooLarge, 413), (QuotaExceeded, 413), (ArchiveError, 400), (InvalidPath, 400),
+    (ArtifactExists, 409),
     (ArtifactNotFound, 404), (NotInitialized, 404), (RepositoryLocked, 503),
     (RepositoryError, 400), (InvalidMetadata, 400),
 ]
