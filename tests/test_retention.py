@@ -221,6 +221,8 @@ def test_pin_exempts_from_keep_last_and_can_be_undone(srv, c):
     assert r.json()["removed"] == ["b1", "b2"]
     assert names(c) == ["b3", "release"]
     assert listed(c, "release")["pinned"] is True and listed(c, "b3")["pinned"] is False
+    assert "yes (kept by keep_last)" in c.get(f"/ui/repos/{FQRN}/artifacts/release").text
+    assert "(pinned)" in c.get(f"/ui/repos/{FQRN}/").text
     # an overwrite without pin keeps the pin
     put(c, "release", b"v2", overwrite="true")
     assert listed(c, "release")["pinned"] is True
@@ -261,6 +263,16 @@ def test_keep_last_and_pin_as_multipart_fields_before_or_after_the_file(srv, c):
     assert r.json()["pinned"] is True and r.json()["removed"] == ["m1"]
     r = c.post(f"/repos/{FQRN}", files={"file": ("m4", b"4")}, data={"keep_last": "1"})
     assert r.status_code == 200 and r.json()["removed"] == ["m2"] and names(c) == ["m3", "m4"]
+    # an unpacked archive with the field after it
+    tar = make_tar([("f", "file", b"f")])
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m5\""
+            f"\r\nContent-Type: application/x-tar\r\n\r\n").encode() + tar + (
+            f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"keep_last\"\r\n\r\n"
+            f"1\r\n--{boundary}--\r\n").encode()
+    r = c.post(f"/repos/{FQRN}", content=body, params={"unpack": "true"},
+               headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["removed"] == ["m4"] and names(c) == ["m3", "m5"]
 
 
 @pytest.mark.parametrize("params, status, message", [
@@ -399,6 +411,12 @@ def test_dry_run_clean_lists_what_would_go_and_removes_nothing(srv, c):
     assert out.exit_code == 0, out.output
     local = json.loads(out.output)["repositories"][FQRN]
     assert local["would_remove"] == ["short"] and local["dry_run"] is True
+    assert snapshot(repo) == before
+    # the CLI against the server's admin route
+    out = CliRunner().invoke(cli_app, ["clean", FQRN, "--dry-run", "--url", srv.url],
+                             env={"CVMFS_EPHEMERAL_TOKEN": auth()["Authorization"][7:]})
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["would_remove"] == ["short"]
     assert snapshot(repo) == before
     # and the real run removes it
     assert c.post(f"/repos/{FQRN}/clean").json()["removed"] == ["short"]
