@@ -169,7 +169,7 @@ def usage_report(fqrn: str, revision: int, rules: Lifetimes,
         "artifacts": sum(u.artifacts for u in spaces.values()),
         "namespaces": [{"namespace": u.namespace, "bytes": u.bytes, "artifacts": u.artifacts,
                         "quota_bytes": quota,
-                        "quota_used": round(u.bytes / quota, 6) if quota else None}
+                        "quota_used": u.bytes / quota if quota else None}
                        for u in spaces.values()],
     }
 
