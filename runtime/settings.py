@@ -345,9 +345,10 @@ def describe_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors():
-            key = _error_key(exc.title, tuple(err.get("loc", ())))
+            loc = tuple(err.get("loc", ()))
             msg = err.get("msg", "invalid").removeprefix("Value error, ")
-            parts.append(f"{key}: {msg}")
+            # a check across fields (no location) names its variables in its own message
+            parts.append(f"{_error_key(exc.title, loc)}: {msg}" if loc else msg)
         return "; ".join(parts)
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 

@@ -161,6 +161,23 @@ def test_start_up_refuses_inconsistent_retention_settings_with_one_clear_line():
         assert message in line and "\n" not in line, line
 
 
+def test_serve_stops_at_start_on_a_bad_retention_setting(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVMFS_EPHEMERAL_")}
+    env["CVMFS_EPHEMERAL_REPOSITORIES"] = json.dumps([{"fqrn": FQRN, "max_lifetime_s": 60}])
+    proc = subprocess.run([sys.executable, "-m", "runtime", "serve", "--data-dir",
+                           str(tmp_path / "data"), "--keys-dir", str(tmp_path / "keys")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: CVMFS_EPHEMERAL_REPOSITORIES[0] ({FQRN}): default lifetime 7200 s exceeds the "
+        "maximum lifetime 60 s (set default_lifetime_s or max_lifetime_s)")
+    assert not (tmp_path / "data").exists()  # nothing was created
+
+
 # -- keep_last and pin ----------------------------------------------------------------------------
 
 
