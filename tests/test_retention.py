@@ -292,6 +292,27 @@ def test_keep_last_and_pin_as_multipart_fields_before_or_after_the_file(srv, c):
     assert r.json()["removed"] == ["m4"] and names(c) == ["m3", "m5"]
 
 
+def test_the_ci_client_sends_keep_last_and_pin(srv, c, tmp_path):
+    for n in ("r1", "r2"):
+        put(c, n)
+    f = tmp_path / "r3"
+    f.write_bytes(b"three")
+
+    def cli(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(cli_app, ["upload", str(f), "--url", srv.url, "--repo", FQRN,
+                                            "--json", "--no-ci-meta", *args],
+                                  env={"CVMFS_EPHEMERAL_TOKEN": auth()["Authorization"][7:]})
+    out = cli("--keep-last", "1", "--pin")  # pinned: r3 is not one of the 1 kept
+    assert out.exit_code == 0, out.output
+    answer = json.loads(out.output.strip().splitlines()[-1])
+    assert answer["pinned"] is True and answer["removed"] == ["r1"]
+    assert answer["sha256"] == hashlib.sha256(b"three").hexdigest()
+    out = cli("--overwrite", "--no-pin")
+    assert out.exit_code == 0 and listed(c, "r3")["pinned"] is False
+    refused = cli("--overwrite", "--keep-last", "0")
+    assert refused.exit_code == 2 and names(c) == ["r2", "r3"]
+
+
 @pytest.mark.parametrize("params, status, message", [
     ({"keep_last": "0"}, 422, "keep_last must be between 1 and 100000, got 0"),
     ({"keep_last": "many"}, 422, "keep_last must be a whole number"),
