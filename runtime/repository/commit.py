@@ -5,8 +5,10 @@ Run under the writer lock (``Repository.publish``); each step says what a crash 
 1. **recover**: roll a pending revision forward (a crash between steps 5 and 6 of an earlier
    commit).
 2. **replay** each transaction, in order, on the current artifacts. A transaction that fails
-   (name taken, path missing, abandoned, or any error at all) is left out with its own error;
-   the others go on. Nothing is written.
+   (name taken, path missing, abandoned, over its namespace's quota, or any error at all) is
+   left out with its own error; the others go on. A transaction's ``keep_last`` removes the
+   older siblings right here, as deleted artifacts of the same replay, so they go in the
+   revision that publishes the upload (or not at all). Nothing is written.
 3. **stage artifacts**: build and store the nested catalog of every changed directory artifact.
    Crash: orphan objects only (gc).
 4. **build the root**: root catalog from the artifact rows, certificate, one ``syncfs`` that
