@@ -14,6 +14,11 @@ What a CI user of GitLab or Artifactory expects, per repository (``RepositoryCon
 - **Quota** per top-level namespace: checked here before any byte is staged when the size is
   known from ``Content-Length`` (a plain file), and again at commit time with the real size
   under the writer lock (``Commit.check_quota``), so concurrent uploads cannot overshoot.
+
+When the process dies: nothing here writes. The upload, its ``keep_last`` removals and its pin
+are one commit (``runtime/repository/commit.py``): before its commit point none of them
+happened, after it all of them did. A pin change alone is one SQLite transaction on
+``state.db`` (no new revision), recorded whole or not at all.
 """
 
 from __future__ import annotations
