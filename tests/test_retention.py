@@ -419,7 +419,12 @@ def test_two_uploads_racing_for_the_last_bytes_cannot_both_fit(quota_srv):
                 yield fill * 300
             return await asyncio.gather(*(ac.put(f"/repos/{FQRN}/team/{n}", content=body(f))
                                           for n, f in (("one", b"1"), ("two", b"2"))))
-    answers = asyncio.run(race())
+    # on a thread of its own: asyncio.run leaves no event loop behind in the thread it ran in,
+    # and later tests of the same process (Pulumi's mocks) need the main thread's loop
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(asyncio.run, race()).result()
     assert sorted(r.status_code for r in answers) == [200, 413]
     usage = httpx.get(f"{quota_srv.url}/repos/{FQRN}/usage").json()
     assert usage["namespaces"] == [{"namespace": "team", "bytes": 600, "artifacts": 1,
