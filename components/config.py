@@ -74,6 +74,16 @@ class RepositorySpec(_Model):
     garbage_collectable: bool = True
     #: gc grace of this repository (seconds); default ``signing.gcGraceS``, else the runtime's.
     gc_grace_s: Optional[int] = Field(None, ge=0)
+    # -- retention -- (the runtime's RepositoryConfig block of the same name; unset: the
+    # upload service's limits.defaultTtlS / limits.maxTtlS, never not allowed, no quota)
+    #: lifetime of an upload that names none (seconds)
+    default_lifetime_s: Optional[int] = Field(None, gt=0)
+    #: longest lifetime an upload may ask for (seconds); longer asks are refused (422)
+    max_lifetime_s: Optional[int] = Field(None, gt=0)
+    #: whether uploads may ask for ``expire_in: never``
+    allow_never: Optional[bool] = None
+    #: bytes each top-level namespace may hold (an upload beyond is refused with 413)
+    quota_bytes: Optional[int] = Field(None, gt=0)
 
     @field_validator("fqrn")
     @classmethod
@@ -84,6 +94,13 @@ class RepositorySpec(_Model):
                 "'ci.example.org' (at least one dot)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> "RepositorySpec":
+        if (self.default_lifetime_s is not None and self.max_lifetime_s is not None
+                and self.default_lifetime_s > self.max_lifetime_s):
+            raise ValueError("defaultLifetimeS must not exceed maxLifetimeS")
+        return self
 
     def runtime_json(self) -> dict[str, Any]:
         """The object the runtime expects in ``CVMFS_EPHEMERAL_REPOSITORIES`` (snake_case keys)."""
@@ -628,11 +645,26 @@ class StackConfig(_Model):
                     raise ValueError(f"oidc.issuers[{i}].policies[{j}].repository "
                                      f"{policy.repository!r} is not in repositories")
         self._check_replication()
+        self._check_lifetimes()
         if self.site_cache.enabled and self.site_cache.port in (
             self.ports.stratum0, self.ports.upload, self.ports.gateway
         ):
             raise ValueError("siteCache.port must differ from the stratum0, upload and gateway ports")
         return self
+
+    def _check_lifetimes(self) -> None:
+        """-- retention: each repository's default lifetime within its maximum, the upload
+        limits filling in what it leaves unset (the runtime refuses to start otherwise)."""
+        for i, repo in enumerate(self.repositories):
+            default = (repo.default_lifetime_s if repo.default_lifetime_s is not None
+                       else self.limits.default_ttl_s)
+            maximum = (repo.max_lifetime_s if repo.max_lifetime_s is not None
+                       else self.limits.max_ttl_s)
+            if default > maximum:
+                raise ValueError(
+                    f"repositories[{i}] ({repo.fqrn}): default lifetime {default} s exceeds "
+                    f"the maximum lifetime {maximum} s; set repositories[].defaultLifetimeS "
+                    "or repositories[].maxLifetimeS")
 
     def _check_replication(self) -> None:
         """A stratum 1 snapshotting every N s needs superseded objects for longer than N s."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,11 +57,30 @@ class RepositoryConfig(BaseModel):
     #: gc grace of this repository; overrides CVMFS_EPHEMERAL_GC_GRACE_S. A stratum 1 that
     #: snapshots every N seconds needs objects of a superseded revision for longer than N.
     gc_grace_s: int | None = Field(None, ge=0, description="default: the global gc grace")
+    # -- retention -- (runtime/server/retention.py; README "Retention")
+    #: Lifetime of an artifact uploaded without ttl_s/expire_in; default: the global
+    #: CVMFS_EPHEMERAL_DEFAULT_TTL_S.
+    default_lifetime_s: int | None = Field(None, ge=1)
+    #: Longest lifetime an upload (or the TTL route) may ask for; longer asks are refused
+    #: with 422 naming this maximum (not clamped). Default: CVMFS_EPHEMERAL_MAX_TTL_S.
+    max_lifetime_s: int | None = Field(None, ge=1)
+    #: Whether ``expire_in=never`` is accepted here; default: CVMFS_EPHEMERAL_ALLOW_NEVER_EXPIRE.
+    allow_never: bool | None = None
+    #: Bytes (sum of file sizes) each top-level namespace may hold; None: no quota.
+    quota_bytes: int | None = Field(None, ge=1)
 
     @field_validator("fqrn")
     @classmethod
     def _fqrn(cls, v: str) -> str:
         return validate_fqrn(v)
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> "RepositoryConfig":
+        if (self.default_lifetime_s is not None and self.max_lifetime_s is not None
+                and self.default_lifetime_s > self.max_lifetime_s):
+            raise ValueError(f"default_lifetime_s ({self.default_lifetime_s}) exceeds "
+                             f"max_lifetime_s ({self.max_lifetime_s})")
+        return self
 
 
 def _parse_repositories(value: Any) -> list[RepositoryConfig]:
@@ -97,6 +117,16 @@ def _item_error(exc: ValueError) -> str:
                          f"{e.get('msg', 'invalid').removeprefix('Value error, ')}"
                          for e in exc.errors())
     return str(exc).splitlines()[0]
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """A repository's retention rules once its settings and the global ones are merged."""
+
+    default_s: int
+    max_s: int
+    allow_never: bool
+    quota_bytes: int | None
 
 
 class Settings(BaseSettings):
@@ -257,6 +287,32 @@ class Settings(BaseSettings):
             raise ValueError(f"repository configured twice: {', '.join(dupes)}")
         return self
 
+    # -- retention: each repository's lifetimes checked against the global ones at start --
+    @model_validator(mode="after")
+    def _retention(self) -> "Settings":
+        if self.default_ttl_s > self.max_ttl_s:
+            raise ValueError(f"{ENV_PREFIX}DEFAULT_TTL_S ({self.default_ttl_s}) exceeds "
+                             f"{ENV_PREFIX}MAX_TTL_S ({self.max_ttl_s})")
+        for index, repo in enumerate(self.repositories):
+            policy = self.lifetimes(repo.fqrn)
+            if policy.default_s > policy.max_s:
+                raise ValueError(
+                    f"{ENV_PREFIX}REPOSITORIES[{index}] ({repo.fqrn}): default lifetime "
+                    f"{policy.default_s} s exceeds the maximum lifetime {policy.max_s} s "
+                    "(set default_lifetime_s or max_lifetime_s)")
+        return self
+
+    def lifetimes(self, fqrn: str) -> "Lifetimes":
+        """The lifetime rules in force for ``fqrn``: its own, else the global ones."""
+        repo = self.repository(fqrn)
+        return Lifetimes(
+            default_s=repo.default_lifetime_s if repo.default_lifetime_s is not None
+            else self.default_ttl_s,
+            max_s=repo.max_lifetime_s if repo.max_lifetime_s is not None else self.max_ttl_s,
+            allow_never=repo.allow_never if repo.allow_never is not None
+            else self.allow_never_expire,
+            quota_bytes=repo.quota_bytes)
+
     def client_token(self) -> str:
         """The token the CLI sends: ``token``, else the contents of ``token_file``, else ''."""
         if self.token.strip():
@@ -295,9 +351,10 @@ def describe_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors():
-            key = _error_key(exc.title, tuple(err.get("loc", ())))
+            loc = tuple(err.get("loc", ()))
             msg = err.get("msg", "invalid").removeprefix("Value error, ")
-            parts.append(f"{key}: {msg}")
+            # a check across fields (no location) names its variables in its own message
+            parts.append(f"{_error_key(exc.title, loc)}: {msg}" if loc else msg)
         return "; ".join(parts)
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 

@@ -178,7 +178,9 @@ def test_a_state_db_of_the_old_schema_is_migrated_forward(tmp_path):
         assert listed(srv, "b-new")["provenance"]["meta"] == {"ref": "main"}
         assert listed(srv, "b-old")["provenance"] is None
     columns = [c[1] for c in sqlite3.connect(state_path).execute("PRAGMA table_info(artifacts)")]
-    assert columns[-1] == "provenance"
+    from runtime.repository.state import ADDED_COLUMNS  # every added column, in order
+    assert columns[-len(ADDED_COLUMNS):] == list(ADDED_COLUMNS)
+    assert columns[-len(ADDED_COLUMNS)] == "provenance"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

@@ -163,7 +163,8 @@ def upload(source: Path, *, url: str, repo: str, name: str | None = None,
            token: str = "", retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 600.0,
            progress: bool = False, log: Callable[[str], None] = lambda _m: None,
            expire_in: str | None = None, digest: bool = True,
-           meta: Mapping[str, str] | None = None) -> dict:
+           meta: Mapping[str, str] | None = None, keep_last: int | None = None,
+           pin: bool | None = None) -> dict:
     """Upload ``source``; return the server's JSON answer. Raises :class:`UploadFailed`.
 
     With ``digest`` (the default) a file up to :data:`DIGEST_PREPASS_LIMIT` is sent with its
@@ -193,6 +194,10 @@ def upload(source: Path, *, url: str, repo: str, name: str | None = None,
         params["ttl_s"] = str(ttl_s)
     if expire_in is not None:
         params["expire_in"] = expire_in
+    if keep_last is not None:  # -- retention --
+        params["keep_last"] = str(keep_last)
+    if pin is not None:
+        params["pin"] = str(pin).lower()
     headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
     if digest and source.is_file():
         if size <= DIGEST_PREPASS_LIMIT:
@@ -324,6 +329,14 @@ def register(app: typer.Typer) -> None:
                                     "into a directory artifact (implied for a directory)."),
         overwrite: bool = typer.Option(False, "--overwrite",
                                        help="Replace an artifact of the same name."),
+        keep_last: Optional[int] = typer.Option(
+            None, "--keep-last", metavar="N", min=1,
+            help="Keep only the N newest artifacts of this one's parent namespace, this one "
+                 "included (pinned ones aside); older ones go in the same revision.",
+            show_default="keep all"),
+        pin: Optional[bool] = typer.Option(
+            None, "--pin/--no-pin", help="Pin the artifact (exempt from --keep-last, not from "
+            "its lifetime), or unpin it.", show_default="an overwrite keeps its pin"),
         as_json: bool = typer.Option(False, "--json", help="Print the server's JSON answer."),
         wait: bool = typer.Option(False, "--wait-visible",
                                   help="Then wait until the stratum 0 serves the new revision."),
@@ -367,7 +380,8 @@ def register(app: typer.Typer) -> None:
             result = upload(source, url=url, repo=repo, name=name or as_, ttl_s=ttl_s,
                             unpack=unpack, overwrite=overwrite, token=token, retries=retries,
                             progress=sys.stderr.isatty() and not as_json, log=say,
-                            expire_in=expire_in, digest=not no_digest, meta=metadata)
+                            expire_in=expire_in, digest=not no_digest, meta=metadata,
+                            keep_last=keep_last, pin=pin)
             if wait:
                 base = public_url or f"{url.rstrip('/')}/cvmfs/{repo}"
                 wait_visible(f"{base.rstrip('/')}/.cvmfspublished", int(result["revision"]))

@@ -29,6 +29,9 @@ class CleanResult:
     revision: int = 0  # the served revision after the run
     new_revision: bool = False
     seconds: float = 0.0
+    #: -- retention: a dry run lists in ``would_remove`` what it would remove, removes nothing
+    dry_run: bool = False
+    would_remove: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -41,14 +44,21 @@ def expired_artifacts(repo: Repository, now: float) -> list[str]:
     return [a.name for a in repo.artifacts() if a.expires_at is not None and a.expires_at <= now]
 
 
-def clean(repo: Repository, *, now: float | None = None) -> CleanResult:
-    """Remove every expired artifact in one revision; no revision when nothing expired."""
+def clean(repo: Repository, *, now: float | None = None, dry_run: bool = False) -> CleanResult:
+    """Remove every expired artifact in one revision; no revision when nothing expired.
+
+    ``dry_run``: only list what would be removed now (``would_remove``); it writes nothing,
+    not even the roll-forward of a pending revision, so the served revision stays the same.
+    """
     started = time.perf_counter()
     with job_lock(repo, "clean"):
         now = repo.clock() if now is None else now
         expired = expired_artifacts(repo, now)
-        result = CleanResult(repo.fqrn, len(expired))
-        if expired:
+        result = CleanResult(repo.fqrn, len(expired), dry_run=dry_run)
+        if dry_run:
+            result.would_remove = sorted(expired)
+            result.revision = repo.revision()
+        elif expired:
             tx = repo.begin()
             tx.remove_expired(now)
             published = repo.publish(tx)

@@ -84,7 +84,7 @@ def _in_cli_words(message: str) -> str:
 
 
 def _run(job: str, fqrn: Optional[str], url: Optional[str], data_dir: Optional[Path],
-         keys_dir: Optional[Path], force: bool = False) -> None:
+         keys_dir: Optional[Path], force: bool = False, dry_run: bool = False) -> None:
     if url:
         from .remote import RemoteError
 
@@ -94,6 +94,8 @@ def _run(job: str, fqrn: Optional[str], url: Optional[str], data_dir: Optional[P
                 report = client.resign(fqrn, force=force)
             elif job == "housekeeping":
                 report = client.housekeeping()
+            elif job == "clean":
+                report = client.clean(fqrn, dry_run=dry_run)
             else:
                 report = getattr(client, job)(fqrn)
         except RemoteError as exc:
@@ -110,7 +112,7 @@ def _run(job: str, fqrn: Optional[str], url: Optional[str], data_dir: Optional[P
     if job == "housekeeping":
         _emit(hk.housekeeping(repos, settings))
     else:
-        _emit(hk.run_all(job, repos, settings, force=force))
+        _emit(hk.run_all(job, repos, settings, force=force, dry_run=dry_run))
 
 
 def register(app: typer.Typer) -> None:
@@ -118,9 +120,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def clean(fqrn: Optional[str] = Fqrn, url: Optional[str] = Url,
+              dry_run: bool = typer.Option(False, "--dry-run",
+                                           help="List what would be removed (would_remove); "
+                                                "remove nothing."),
               data_dir: Optional[Path] = DataDir, keys_dir: Optional[Path] = KeysDir) -> None:
         """Remove expired artifacts (one new revision per repository)."""
-        _run("clean", fqrn, url, data_dir, keys_dir)
+        _run("clean", fqrn, url, data_dir, keys_dir, dry_run=dry_run)
 
     @app.command()
     def gc(fqrn: Optional[str] = Fqrn, url: Optional[str] = Url,

@@ -39,7 +39,8 @@ def run_resign(repo: Repository, settings: Settings, *, force: bool = False):
                   validity_days=settings.whitelist_validity_days)
 
 
-def run_job(job: str, repo: Repository, settings: Settings, *, force: bool = False) -> dict:
+def run_job(job: str, repo: Repository, settings: Settings, *, force: bool = False,
+            dry_run: bool = False) -> dict:
     """One job on one repository; its result as JSON (exceptions propagate).
 
     Logs one line per run (job, repository, outcome, duration and the result's numbers): the
@@ -49,8 +50,13 @@ def run_job(job: str, repo: Repository, settings: Settings, *, force: bool = Fal
     outcome = "failed"
     result: dict = {}
     try:
-        result = _run_job(job, repo, settings, force=force)
+        result = _run_job(job, repo, settings, force=force, dry_run=dry_run)
         outcome = "done"
+        for listener in list(getattr(repo, "job_listeners", ())):  # metrics (in-process)
+            try:
+                listener(job, result)
+            except Exception:  # noqa: BLE001 - an observer never fails a job
+                log.exception("job listener failed")
         return result
     except JobBusy:
         outcome = "skipped"
@@ -64,9 +70,10 @@ def run_job(job: str, repo: Repository, settings: Settings, *, force: bool = Fal
                       if k not in ("job", "repository", "outcome", "duration_s")})
 
 
-def _run_job(job: str, repo: Repository, settings: Settings, *, force: bool) -> dict:
+def _run_job(job: str, repo: Repository, settings: Settings, *, force: bool,
+             dry_run: bool = False) -> dict:
     if job == "clean":
-        return clean(repo).to_json()
+        return clean(repo, dry_run=dry_run).to_json()
     if job == "gc":
         return run_gc(repo, settings).to_json()
     if job == "resign":
@@ -80,14 +87,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_all(job: str, repos: Iterable[Repository], settings: Settings, *,
-            force: bool = False) -> dict:
+            force: bool = False, dry_run: bool = False) -> dict:
     """``{"job", "repositories": {fqrn: result | {"error"} | {"skipped"}}, "errors", totals}``."""
     report: dict = {"job": job, "repositories": {}, "errors": 0}
     for key in TOTALS[job]:
         report[key] = 0
     for repo in repos:
         try:
-            result = run_job(job, repo, settings, force=force)
+            result = run_job(job, repo, settings, force=force, dry_run=dry_run)
         except JobBusy as exc:
             report["repositories"][repo.fqrn] = {"skipped": str(exc)}
             continue

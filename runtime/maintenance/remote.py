@@ -57,8 +57,8 @@ class AdminClient:
     def _path(job: str, fqrn: str | None) -> str:
         return f"/repos/{fqrn}/{job}" if fqrn else f"/{job}"
 
-    def clean(self, fqrn: str | None = None) -> dict:
-        return self._post(self._path("clean", fqrn))
+    def clean(self, fqrn: str | None = None, dry_run: bool = False) -> dict:
+        return self._post(self._path("clean", fqrn), {"dry_run": "true"} if dry_run else None)
 
     def gc(self, fqrn: str | None = None) -> dict:
         return self._post(self._path("gc", fqrn))

@@ -14,11 +14,12 @@ Every name other modules import from ``runtime.repository`` is re-exported here.
 
 from .commit import Commit, PublishResult
 from .errors import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInitialized,
-                     RepositoryError, RepositoryLocked, StorageFull)
+                     QuotaExceeded, RepositoryError, RepositoryLocked, StorageFull)
 from .files import atomic_write, fsync_dir, utcnow
 from .markers import TransactionAbandoned
 from .names import (MARKER_NAME, NAME_MAX_BYTES, RESERVED_PREFIX, ValidPath, catalog_path,
-                    split_path, validate_artifact_name, validate_name)
+                    parent_namespace, split_path, top_namespace, validate_artifact_name,
+                    validate_name)
 from .repository import DEFAULT_BODY_IDLE_TIMEOUT_S, REPLICA_MARKER, Repository
 from .space import DEFAULT_MIN_FREE_BYTES
 from .state import ArtifactInfo, content_digest
@@ -27,8 +28,8 @@ from .transaction import StagedFile, Transaction
 __all__ = [
     "ArtifactExists", "ArtifactInfo", "ArtifactNotFound", "Commit", "DEFAULT_BODY_IDLE_TIMEOUT_S",
     "DEFAULT_MIN_FREE_BYTES", "InvalidPath", "MARKER_NAME", "NAME_MAX_BYTES", "NotInitialized",
-    "PublishResult", "REPLICA_MARKER", "RESERVED_PREFIX", "Repository", "RepositoryError",
-    "RepositoryLocked", "StagedFile", "StorageFull", "Transaction", "TransactionAbandoned",
-    "ValidPath", "atomic_write", "catalog_path", "content_digest", "fsync_dir", "split_path",
-    "utcnow", "validate_artifact_name", "validate_name",
+    "PublishResult", "QuotaExceeded", "REPLICA_MARKER", "RESERVED_PREFIX", "Repository",
+    "RepositoryError", "RepositoryLocked", "StagedFile", "StorageFull", "Transaction", "TransactionAbandoned",
+    "ValidPath", "atomic_write", "catalog_path", "content_digest", "fsync_dir", "parent_namespace",
+    "split_path", "top_namespace", "utcnow", "validate_artifact_name", "validate_name",
 ]

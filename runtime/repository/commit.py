@@ -6,8 +6,10 @@ Run under the writer lock (``Repository.publish``); each step says what a crash 
    commit).
 2. **replay** each transaction, in order, on the current artifacts. A transaction that fails
    (name taken, path missing, a name that would be both an artifact and a namespace,
-   abandoned, or any error at all) is left out with its own error; the others go on. Nothing
-   is written.
+   abandoned, over its namespace's quota, or any error at all) is left out with its own
+   error; the others go on. A transaction's ``keep_last`` removes the older siblings right
+   here, as deleted artifacts of the same replay, so they go in the revision that publishes
+   the upload (or not at all). Nothing is written.
 3. **stage artifacts**: build and store the nested catalog of every changed directory artifact.
    Crash: orphan objects only (gc).
 4. **build the root**: root catalog from the artifact rows, certificate, one ``syncfs`` that
@@ -45,10 +47,10 @@ from ..cvmfs import manifest as manifest_mod
 from ..cvmfs.catalog import (Counters, Entry, NestedRef, build_catalog, read_catalog,
                              write_nested_catalog)
 from ..cvmfs.objects import CATALOG, CERTIFICATE, compress
-from .errors import (ArtifactExists, ArtifactNotFound, InvalidPath, RepositoryError,
-                     StorageFull)
+from .errors import (ArtifactExists, ArtifactNotFound, InvalidPath, QuotaExceeded,
+                     RepositoryError, StorageFull)
 from .files import atomic_write
-from .names import MARKER_NAME, catalog_path, namespaces_of
+from .names import MARKER_NAME, catalog_path, namespaces_of, parent_namespace, top_namespace
 from .staged import StagedTree
 from .state import (ArtifactRow, ContentDigest, State, content_digest,
                     full_disk_is_storage_full)
@@ -157,6 +159,11 @@ class Commit:
         self.expiry: dict[str, float | None] = {}
         #: provenance of the accepted transactions' artifacts (``Transaction.set_provenance``)
         self.provenance: dict[str, dict | None] = {}
+        # -- retention: pins, sha256 and keep_last of the accepted transactions --
+        self.pins: dict[str, bool] = {}
+        self.sha256: dict[str, str | None] = {}
+        #: artifacts replaced by accepted transactions, in order (newest = highest)
+        self.fresh: dict[str, int] = {}
         self.errors: dict[int, Exception] = {}
         self.accepted: list["Transaction"] = []
         self.new_rows: dict[str, ArtifactRow | None] = {}
@@ -228,11 +235,13 @@ class Commit:
                         trial[name] = None
                 self.apply(tx, trial)
                 self.check_names(tx, trial)
-                for name in tx.expiry:
+                for name in [*tx.expiry, *tx.pins]:
                     present = trial[name] is not None if name in trial else name in self.arts
                     if not present:
                         raise ArtifactNotFound(
                             f"artifact {name!r} not found in {self.repo.fqrn}")
+                tx.pruned = self.keep_last(tx, trial)
+                self.check_quota(tx, trial)
             except Exception as exc:  # noqa: BLE001 - one transaction never fails another
                 if not isinstance(exc, (RepositoryError, KeyError)):
                     log.exception("transaction %s refused while replayed", tx.id)
@@ -243,7 +252,75 @@ class Commit:
             for name in tx.staged:  # replaced whole: the previous uploader's record goes
                 self.provenance[name] = tx.provenance.get(name)
             self.provenance.update(tx.provenance)
+            self.pins.update(tx.pins)
+            for name in tx.staged:
+                self.sha256[name] = tx.sha256.get(name)
+                self.fresh[name] = len(self.fresh) + 1
             self.accepted.append(tx)
+
+    # -- retention: keep_last and quotas, decided on the replayed state -------------------
+    def present(self, work: dict[str, Tree | None]) -> list[str]:
+        """Names of the artifacts that exist once ``work`` is applied."""
+        return [n for n in set(self.arts) | set(work)
+                if (work[n] is not None if n in work else True)]
+
+    def pinned(self, name: str, tx: "Transaction") -> bool:
+        if name in tx.pins:
+            return tx.pins[name]
+        if name in self.pins:
+            return self.pins[name]
+        return bool(name in self.arts and self.arts[name].pinned)
+
+    def newness(self, name: str) -> tuple:
+        """Sort key, newest highest: replaced in this commit (in order), else the revision it
+        last changed in, then its creation time."""
+        if name in self.fresh:
+            return (1, self.fresh[name], 0.0, name)
+        art = self.arts[name]
+        return (0, art.revision, art.created_at, name)
+
+    def keep_last(self, tx: "Transaction", work: dict[str, Tree | None]) -> list[str]:
+        """Apply ``tx.keep_last`` onto ``work``: older unpinned siblings removed (the same path
+        as a deleted artifact, so they go in this very revision); returns their names."""
+        pruned: list[str] = []
+        for name, count in tx.keep_last.items():
+            parent = parent_namespace(name)
+            siblings = [n for n in self.present(work) if n != name and n not in tx.staged
+                        and parent_namespace(n) == parent and not self.pinned(n, tx)]
+            siblings.sort(key=self.newness, reverse=True)
+            keep = count if self.pinned(name, tx) else count - 1
+            for doomed in siblings[keep:]:
+                work[doomed] = None
+                pruned.append(doomed)
+        return sorted(pruned)
+
+    def tree_size(self, name: str, work: dict[str, Tree | None]) -> int:
+        if name not in work:
+            return self.arts[name].size
+        tree = work[name]
+        if isinstance(tree, StagedTree):
+            return tree.regular_bytes()
+        return sum(e.size for e in (tree or {}).values() if e.is_regular)
+
+    def check_quota(self, tx: "Transaction", work: dict[str, Tree | None]) -> None:
+        """Refuse ``tx`` (413) when a top-level namespace it uploads into would hold more
+        than the repository's quota once it is applied. Runs under the writer lock on the
+        replayed state, so two uploads racing for the last bytes cannot both fit."""
+        quota = getattr(self.repo.config, "quota_bytes", None)
+        if quota is None or not tx.staged:
+            return
+        names = self.present(work)
+        for top in sorted({top_namespace(n) for n in tx.staged}):
+            members = [n for n in names if top_namespace(n) == top]
+            after = sum(self.tree_size(n, work) for n in members)
+            if after <= quota:
+                continue
+            before = sum(self.tree_size(n, self.work) for n in set(self.arts) | set(self.work)
+                         if top_namespace(n) == top and (self.work.get(n, True) is not None))
+            raise QuotaExceeded(
+                f"quota exceeded: namespace {top!r} of {self.repo.fqrn} may hold {quota} bytes"
+                f", {before} are in use and this upload would make it {after}; nothing was "
+                "published")
 
     def expired(self, work: dict[str, Tree | None], before: float) -> list[str]:
         """Artifacts present in ``work`` over ``arts`` whose expiry is at or before ``before``."""
@@ -399,6 +476,7 @@ class Commit:
                 row.expires_at = exp
                 self.refreshed.append(name)
         self.attach_provenance()
+        self.attach_retention()
 
     def attach_provenance(self) -> None:
         """Give the rows written by this commit the provenance their transactions set.
@@ -414,6 +492,30 @@ class Commit:
                 row = self.new_rows[name] = copy.copy(self.arts[name])
                 self.refreshed.append(name)
             row.provenance = provenance
+
+    def attach_retention(self) -> None:
+        """Pins and sha256 on the rows this commit writes (``attach_provenance``'s rules).
+
+        A row built anew for a replaced artifact keeps the old row's pin unless its
+        transaction set one; its sha256 is the one its upload computed (None otherwise). An
+        identical re-upload keeps the copied row's sha256 unless a new one came with it.
+        """
+        for name in self.changed:
+            row = self.new_rows.get(name)
+            if row is not None and name not in self.pins and name in self.arts:
+                row.pinned = self.arts[name].pinned
+        for name, pinned in self.pins.items():
+            row = self.new_rows.get(name)
+            if row is None:
+                if name in self.new_rows or name not in self.arts:
+                    continue
+                row = self.new_rows[name] = copy.copy(self.arts[name])
+                self.refreshed.append(name)
+            row.pinned = pinned
+        for name, digest in self.sha256.items():
+            row = self.new_rows.get(name)
+            if row is not None and (digest is not None or name in self.changed):
+                row.sha256 = digest
 
     def stage_artifact(self, name: str, tree: Tree, digest: str, old: ArtifactRow | None,
                        expires_at: float | None) -> ArtifactRow:

@@ -25,6 +25,14 @@ class ArtifactNotFound(RepositoryError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
+class QuotaExceeded(RepositoryError):
+    """An upload would take its top-level namespace over the repository's byte quota (413).
+
+    Raised at staging time when the declared size already does not fit, and at commit time
+    (under the writer lock) with the real size, so that concurrent uploads cannot overshoot.
+    """
+
+
 class RepositoryLocked(RepositoryError):
     pass
 

@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 
 def _info(a: ArtifactRow) -> ArtifactInfo:
     return ArtifactInfo(a.name, kind_of(a.top), a.size, a.files, a.created_at, a.expires_at,
-                        a.revision, a.content_digest, a.catalog_hash, a.provenance)
+                        a.revision, a.content_digest, a.catalog_hash, a.provenance, a.pinned,
+                        a.sha256)
 
 
 class Repository:
@@ -99,6 +100,9 @@ class Repository:
         self._commit_lock = threading.Lock()
         self._keys: keys_mod.RepositoryKeys | None = None
         self.listeners: list[Callable[[PublishResult], None]] = []
+        #: called with (job, report) after each maintenance job run in this process
+        #: (``maintenance/housekeeping.run_job``): how the server counts expirations per run
+        self.job_listeners: list[Callable[[str, dict], None]] = []
 
     # -- paths and basic state ------------------------------------------------------------
     @property

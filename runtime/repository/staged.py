@@ -203,6 +203,17 @@ class StagedTree:
             for r in rows:
                 yield _from_row(r), r[8]
 
+    def regular_bytes(self) -> int:
+        """Bytes of the regular files staged (an artifact's size; quota checks at commit):
+        one SQL sum once spilled, no entry decoded."""
+        if self._mem is not None:
+            return sum(e.size for e in self._mem.values() if e.is_regular)
+        assert self._db is not None
+        (total,) = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM entries WHERE (mode & ?) = ?",
+            (0o170000, stat.S_IFREG)).fetchone()
+        return int(total)
+
     def as_dict(self) -> dict[str, Entry]:
         """Every entry in memory (when another transaction of the same commit edits it)."""
         return {e.path: e for e, _ in self.entries()}

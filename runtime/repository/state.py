@@ -65,11 +65,18 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ADDED_COLUMNS: dict[str, str] = {
     # who uploaded the artifact and the metadata they sent (JSON; NULL: not recorded)
     "provenance": "TEXT",
+    # -- retention --
+    # 1: exempt from keep_last (not from its TTL); NULL/0: not pinned
+    "pinned": "INTEGER",
+    # SHA-256 (hex) of a file artifact's bytes, computed while it was uploaded; NULL otherwise
+    "sha256": "TEXT",
 }
 
 ARTIFACT_COLUMNS = ("name", "kind", "entry", "catalog_hash", "catalog_size", "counters",
                     "content_digest", "size", "files", "created_at", "expires_at", "revision",
-                    "provenance")
+                    "provenance",
+                    # -- retention --
+                    "pinned", "sha256")
 
 SQLITE_FULL = 13
 
@@ -151,6 +158,11 @@ class ArtifactRow:
     #: who uploaded it and the metadata they sent (``Transaction.set_provenance``); None for
     #: artifacts published without it (and those of an older state.db)
     provenance: dict | None = None
+    # -- retention --
+    #: exempt from ``keep_last`` (``Transaction.set_pin``)
+    pinned: bool = False
+    #: SHA-256 hex of a file artifact's bytes (``Transaction.set_sha256``); None otherwise
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +177,9 @@ class ArtifactInfo:
     content_digest: str
     catalog_hash: str | None
     provenance: dict | None = None
+    # -- retention --
+    pinned: bool = False
+    sha256: str | None = None
 
 
 def digest_line(rel_path: str, e: Entry) -> str:
@@ -331,12 +346,12 @@ class State:
     def _read_artifacts(conn: sqlite3.Connection, where: str = "",
                         params: tuple = ()) -> dict[str, ArtifactRow]:
         out = {}
-        # a read-only connection to a state.db not yet migrated has no provenance column
+        # a read-only connection to a state.db not yet migrated lacks the added columns
         present = {row[1] for row in conn.execute("PRAGMA table_info(artifacts)")}
-        provenance = "provenance" if "provenance" in present else "NULL"
+        added = ", ".join(c if c in present else "NULL" for c in ADDED_COLUMNS)
         for row in conn.execute(
             "SELECT name, entry, catalog_hash, catalog_size, counters, content_digest, size,"
-            f" files, created_at, expires_at, revision, {provenance} FROM artifacts" + where,
+            f" files, created_at, expires_at, revision, {added} FROM artifacts" + where,
             params
         ):
             name = row[0]
@@ -346,7 +361,8 @@ class State:
                 counters=Counters.from_json(json.loads(row[4])) if row[4] else None,
                 content_digest=row[5], size=row[6], files=row[7], created_at=row[8],
                 expires_at=row[9], revision=row[10],
-                provenance=json.loads(row[11]) if row[11] else None)
+                provenance=json.loads(row[11]) if row[11] else None,
+                pinned=bool(row[12]), sha256=row[13])
         return out
 
     @staticmethod
@@ -370,7 +386,9 @@ class State:
                  art.content_digest, art.size, art.files, art.created_at, art.expires_at,
                  art.revision,
                  json.dumps(art.provenance, sort_keys=True) if art.provenance is not None
-                 else None))
+                 else None,
+                 # -- retention --
+                 1 if art.pinned else 0, art.sha256))
         if not in_tx:
             conn.execute("COMMIT")
 

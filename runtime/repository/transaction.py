@@ -118,6 +118,16 @@ class Transaction:
         #: provenance to record on artifacts (``set_provenance``)
         self.provenance: dict[str, dict | None] = {}
         self.require_absent: set[str] = set()
+        # -- retention (set_pin, set_sha256, keep_last; applied at commit, ``commit.py``) --
+        #: pin state to record (True: exempt from keep_last)
+        self.pins: dict[str, bool] = {}
+        #: SHA-256 hex of the file artifacts this transaction replaces whole
+        self.sha256: dict[str, str] = {}
+        #: artifact -> N: after it is published, keep only the N newest artifacts of its parent
+        #: namespace (pinned ones aside); the others are removed in the same revision
+        self.keep_last: dict[str, int] = {}
+        #: what keep_last removed, filled in when the commit replays this transaction
+        self.pruned: list[str] = []
         #: the artifacts this transaction replaces whole (their top-level entry is staged),
         #: with their entries (``staged.py``: on disk once there are many)
         self.staged: dict[str, StagedTree] = {}
@@ -337,6 +347,29 @@ class Transaction:
             self.provenance[name] = json.loads(json.dumps(dict(provenance)))
         except (TypeError, ValueError) as exc:
             raise InvalidPath(f"provenance of {name!r} is not JSON: {exc}") from None
+
+    # -- retention --
+    def set_pin(self, name: str, pinned: bool) -> None:
+        """Pin (exempt from ``keep_last``, not from its TTL) or unpin artifact ``name``.
+
+        Kept in ``state.db`` only. An artifact replaced whole without this call keeps the pin
+        state it had (a re-run of a pinned build stays pinned).
+        """
+        self.pins[validate_artifact_name(name)] = bool(pinned)
+
+    def set_sha256(self, name: str, hexdigest: str) -> None:
+        """Record the SHA-256 of the bytes of file artifact ``name`` (hashed as it streamed)."""
+        if len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest):
+            raise InvalidPath(f"invalid sha256 for {name!r}")
+        self.sha256[validate_artifact_name(name)] = hexdigest
+
+    def set_keep_last(self, name: str, count: int) -> None:
+        """Once ``name`` is published, keep only the ``count`` newest artifacts of its parent
+        namespace (``name`` itself always among them; pinned ones neither counted nor removed);
+        the older ones are removed in the same revision, decided at commit time."""
+        if not isinstance(count, int) or count < 1:
+            raise InvalidPath(f"keep_last must be at least 1, got {count!r}")
+        self.keep_last[validate_artifact_name(name)] = count
 
     def remove_expired(self, before: float) -> None:
         """Remove every artifact whose ``expires_at`` is at or before ``before``.

@@ -46,11 +46,13 @@ async def _repository(request: Request, fqrn: str) -> Repository:
     return repo
 
 
-async def _run_one(request: Request, job: str, fqrn: str, force: bool = False) -> JSONResponse:
+async def _run_one(request: Request, job: str, fqrn: str, force: bool = False,
+                   dry_run: bool = False) -> JSONResponse:
     repo = await _repository(request, fqrn)
     settings = request.app.state.settings
     try:
-        result = await asyncio.to_thread(hk.run_job, job, repo, settings, force=force)
+        result = await asyncio.to_thread(hk.run_job, job, repo, settings, force=force,
+                                         dry_run=dry_run)
     except JobBusy as exc:
         raise HTTPException(409, str(exc)) from None
     except RepositoryError as exc:
@@ -58,20 +60,23 @@ async def _run_one(request: Request, job: str, fqrn: str, force: bool = False) -
     return JSONResponse(result)
 
 
-async def _run_all(request: Request, job: str, force: bool = False) -> JSONResponse:
+async def _run_all(request: Request, job: str, force: bool = False,
+                   dry_run: bool = False) -> JSONResponse:
     await request.app.state.authorizer.check(request, None, role="admin")
     settings = request.app.state.settings
     repos = list(_repositories(request).values())
     if job == "housekeeping":
         report = await asyncio.to_thread(hk.housekeeping, repos, settings)
     else:
-        report = await asyncio.to_thread(hk.run_all, job, repos, settings, force=force)
+        report = await asyncio.to_thread(hk.run_all, job, repos, settings, force=force,
+                                         dry_run=dry_run)
     return JSONResponse(report)
 
 
 @router.post("/repos/{fqrn}/clean")
-async def clean_one(request: Request, fqrn: str) -> JSONResponse:
-    return await _run_one(request, "clean", fqrn)
+async def clean_one(request: Request, fqrn: str, dry_run: bool = False) -> JSONResponse:
+    """``?dry_run=true``: list what would be removed (``would_remove``), remove nothing."""
+    return await _run_one(request, "clean", fqrn, dry_run=dry_run)
 
 
 @router.post("/repos/{fqrn}/gc")
@@ -85,8 +90,8 @@ async def resign_one(request: Request, fqrn: str, force: bool = False) -> JSONRe
 
 
 @router.post("/clean")
-async def clean_all(request: Request) -> JSONResponse:
-    return await _run_all(request, "clean")
+async def clean_all(request: Request, dry_run: bool = False) -> JSONResponse:
+    return await _run_all(request, "clean", dry_run=dry_run)
 
 
 @router.post("/gc")

@@ -123,6 +123,9 @@ def create_app(settings: Settings) -> FastAPI:
     if hub is not None:
         hub.instrument(metrics.registry)
         hub.pushed.append(lambda fqrn, _rev: metrics.notifications.labels(fqrn).inc())
+    for fqrn, repo in repositories.items():  # -- retention: expirations per run
+        repo.job_listeners.append(
+            lambda job, report, fqrn=fqrn: metrics.observe_job(fqrn, job, report))
     if notifier is not None:
         for fqrn, repo in repositories.items():
             repo.listeners.append(lambda result, fqrn=fqrn: notifier.notify(fqrn, result.manifest))

@@ -145,7 +145,9 @@ def artifact_row(a: ArtifactInfo, now: float) -> dict[str, Any]:
     return {"name": a.name, "kind": a.kind, "size": a.size, "size_h": human_size(a.size),
             "files": a.files, "created": When.of(a.created_at, now),
             "expires": When.of(a.expires_at, now), "revision": a.revision,
-            "provenance": provenance(a)}
+            "provenance": provenance(a),
+            # -- retention --
+            "pinned": a.pinned, "sha256": a.sha256}
 
 
 def namespace_crumbs(name: str) -> list[dict[str, str]]:

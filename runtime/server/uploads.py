@@ -39,11 +39,11 @@ from .. import logs
 from ..gateway.hub import Hub
 from ..gateway.notifier import Notifier
 from ..repository import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInitialized,
-                          PublishResult, Repository, RepositoryError, RepositoryLocked,
-                          Transaction, validate_artifact_name)
+                          PublishResult, QuotaExceeded, Repository, RepositoryError,
+                          RepositoryLocked, Transaction, validate_artifact_name)
 from ..repository.names import child_namespaces, namespaces_of, parent_namespace
 from ..settings import Settings
-from . import digests, downloads, durations
+from . import digests, downloads, retention
 from .auth import Authorizer, Token
 from .bodytimeout import BodyIdleTimeout
 from .committer import GroupCommitter
@@ -61,9 +61,13 @@ log = logging.getLogger(__name__)
 DRAIN_LIMIT = 64 * 1024 * 1024
 #: The headers of one multipart part (a browser sends a few hundred bytes).
 MAX_PART_HEADER_BYTES = 16 * 1024
+#: Form fields read beside the file (``keep_last``, ``pin``), and the bytes each may have.
+FORM_FIELDS = ("keep_last", "pin")
+MAX_FORM_FIELD_BYTES = 64
 
 _STATUS: list[tuple[type[BaseException], int]] = [
-    (ArtifactTooLarge, 413), (ArchiveError, 400), (InvalidPath, 400), (ArtifactExists, 409),
+    (ArtifactTooLarge, 413), (QuotaExceeded, 413), (ArchiveError, 400), (InvalidPath, 400),
+    (ArtifactExists, 409),
     (ArtifactNotFound, 404), (NotInitialized, 404), (RepositoryLocked, 503),
     (RepositoryError, 400), (InvalidMetadata, 400),
 ]
@@ -148,33 +152,13 @@ class UploadService:
             raise HTTPException(404, f"repository {fqrn!r} not found")
         return repo
 
-    def ttl(self, ttl_s: int | None) -> int:
-        ttl = self.settings.default_ttl_s if ttl_s is None else ttl_s
-        if ttl <= 0 or ttl > self.settings.max_ttl_s:
-            raise HTTPException(422, f"ttl_s must be between 1 and {self.settings.max_ttl_s} "
-                                     f"seconds, got {ttl}")
-        return ttl
-
-    def lifetime(self, ttl_s: int | None, expire_in: str | None) -> int | None:
-        """Seconds until expiry from ``ttl_s`` or GitLab-style ``expire_in`` (one of them at
-        most); None for ``expire_in=never`` where the server allows it. 422 otherwise."""
-        if expire_in is None:
-            return self.ttl(ttl_s)
-        if ttl_s is not None:
-            raise HTTPException(422, "pass either ttl_s or expire_in, not both")
-        if expire_in.strip().lower() == durations.NEVER:
-            if not self.settings.allow_never_expire:
-                raise HTTPException(422, "expire_in 'never' is not allowed on this server "
-                                         "(CVMFS_EPHEMERAL_ALLOW_NEVER_EXPIRE is false)")
-            return None
-        try:
-            seconds = durations.parse_duration(expire_in)
-        except durations.DurationError as exc:
-            raise HTTPException(422, str(exc)) from None
-        if seconds <= 0 or seconds > self.settings.max_ttl_s:
-            raise HTTPException(422, f"expire_in {expire_in!r} is {seconds} s; it must be between "
-                                     f"1 and {self.settings.max_ttl_s} seconds")
-        return seconds
+    def lifetime(self, ttl_s: int | None, expire_in: str | None,
+                 fqrn: str | None = None) -> int | None:
+        """Seconds until expiry from ``ttl_s`` or GitLab-style ``expire_in`` under the
+        repository's lifetime rules (``retention.lifetime``); None for ``never``. 422."""
+        name = fqrn or ""
+        return retention.lifetime(self.settings.lifetimes(name), name or "this server",
+                                  ttl_s, expire_in)
 
     async def close(self) -> None:
         for committer in self.committers.values():
@@ -217,6 +201,10 @@ class MultipartBody:
         self._in_file = False
         self._header_bytes = 0
         self.filename: str | None = None
+        #: the small form fields of FORM_FIELDS sent before or after the file (retention)
+        self.fields: dict[str, str] = {}
+        self._collect: str | None = None
+        self._collected = bytearray()
         try:
             self._parser = self._make_parser(boundary)
         except (ValueError, LookupError) as exc:
@@ -267,6 +255,23 @@ class MultipartBody:
             raise ArchiveError(f"malformed multipart body: {exc}") from exc
         return True
 
+    def _form_event(self, kind: str, value: object) -> None:
+        """A part other than the file: keep the value of a FORM_FIELDS field (bounded)."""
+        if kind == "part":
+            _disp, params = parse_options_header(
+                value.get(b"content-disposition", b""))  # type: ignore[union-attr]
+            name = (params.get(b"name") or b"").decode("utf-8", "replace")
+            self._collect = name if name in FORM_FIELDS else None
+            self._collected.clear()
+        elif kind == "data" and self._collect is not None:
+            self._collected.extend(value)  # type: ignore[arg-type]
+            if len(self._collected) > MAX_FORM_FIELD_BYTES:
+                raise ArchiveError(f"malformed multipart body: field {self._collect!r} is "
+                                   f"longer than {MAX_FORM_FIELD_BYTES} bytes")
+        elif kind == "end" and self._collect is not None:
+            self.fields[self._collect] = self._collected.decode("utf-8", "replace")
+            self._collect = None
+
     async def start(self) -> str | None:
         """Read up to the start of the file field; return its filename."""
         while True:
@@ -280,6 +285,7 @@ class MultipartBody:
                         self.filename = raw.decode("utf-8", "replace") if raw else None
                         self._in_file = True
                         return self.filename
+                self._form_event(kind, value)
             if not await self._feed():
                 raise HTTPException(400, "multipart body has no 'file' field")
 
@@ -289,6 +295,7 @@ class MultipartBody:
             while self._events:
                 kind, value = self._events.pop(0)
                 if not self._in_file:
+                    self._form_event(kind, value)
                     continue
                 if kind == "data":
                     yield value  # type: ignore[misc]
@@ -296,9 +303,11 @@ class MultipartBody:
                     self._in_file = False
             if self._in_file and not await self._feed():
                 raise ArchiveError("multipart body ended inside the 'file' field")
-        while await self._feed():
-            self._events.clear()
-        self._events.clear()
+        while True:  # the rest: fields after the file are read too (bounded), data dropped
+            while self._events:
+                self._form_event(*self._events.pop(0))
+            if not await self._feed():
+                break
 
 
 async def _drain(stream: AsyncIterator[bytes], limit: int) -> None:
@@ -325,11 +334,13 @@ def _declared_length(request: Request) -> int | None:
 
 
 async def _stage_file(tx: Transaction, name: str, chunks: AsyncIterator[bytes],
-                      count: Counter) -> int:
+                      count: Counter, room: "retention.QuotaRoom | None" = None) -> int:
     staged = tx.open_file(name, mode=0o644)
     try:
         async for chunk in chunks:
             count(len(chunk))
+            if room is not None:  # -- retention: stop a file once it outgrows the quota
+                room.check(count.total)
             if chunk:
                 await staged.awrite(chunk)
         content = await staged.aclose()
@@ -355,7 +366,8 @@ def _reason(response: Response) -> str:
 async def upload(service: UploadService, request: Request, fqrn: str, name: str | None,
                  *, multipart: bool, unpack: bool, overwrite: bool,
                  ttl_s: int | None, expire_in: str | None = None,
-                 sha256: str | None = None) -> Response:
+                 sha256: str | None = None, keep_last: str | None = None,
+                 pin: str | None = None) -> Response:
     """One upload, logged as one line (repository, name, size, revision, duration, outcome,
     the token's label; never the token) whatever its outcome."""
     record: dict[str, Any] = {"repository": fqrn, "name": name, "size": 0, "revision": None,
@@ -365,7 +377,8 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
     try:
         response = await _upload(service, request, record, fqrn, name, multipart=multipart,
                                  unpack=unpack, overwrite=overwrite, ttl_s=ttl_s,
-                                 expire_in=expire_in, sha256=sha256)
+                                 expire_in=expire_in, sha256=sha256, keep_last=keep_last,
+                                 pin=pin)
         status = response.status_code
         reason = _reason(response) if status >= 400 else ""
         if status == 200 and record.pop("refreshed", False):
@@ -396,15 +409,18 @@ async def _client_gone(request: Request) -> bool:
 async def _upload(service: UploadService, request: Request, record: dict[str, Any], fqrn: str,
                   name: str | None, *, multipart: bool, unpack: bool, overwrite: bool,
                   ttl_s: int | None, expire_in: str | None,
-                  sha256: str | None) -> Response:
+                  sha256: str | None, keep_last: str | None = None,
+                  pin: str | None = None) -> Response:
     """Authorize, check, stream, commit, answer."""
     principal = await service.authorizer.check(request, fqrn, name=name, ttl_s=ttl_s)
     record["token"] = principal.label
     repo = service.repository(fqrn)
     try:
-        ttl = _principal_lifetime(principal, fqrn, name, service.lifetime(ttl_s, expire_in),
+        ttl = _principal_lifetime(principal, fqrn, name,
+                                  service.lifetime(ttl_s, expire_in, fqrn),
                                   explicit=ttl_s is not None or expire_in is not None)
         want = digests.expected(request.headers.get("content-digest"), sha256)
+        keep_q, pin_q = retention.parse_keep_last(keep_last), retention.parse_pin(pin)
     except HTTPException as exc:
         # refused before the body is read: drain it (bounded) so the client reads the reason
         await _drain(request.stream(), DRAIN_LIMIT)
@@ -449,6 +465,10 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         if not overwrite and _exists(repo, name):
             raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}; "
                                  "pass overwrite=true to replace it")
+        # a file's size is known before staging (Content-Length), and its bytes as they come
+        room = None if unpack else retention.precheck_quota(
+            service.settings.lifetimes(fqrn), fqrn, name,
+            0 if declared is None else max(0, declared - slack), repo.artifacts())
     except (RepositoryError, InvalidMetadata) as exc:
         await _drain(raw_stream, DRAIN_LIMIT)
         service.metrics.uploads.labels(fqrn, "refused").inc()
@@ -469,9 +489,19 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
                                               tenant=principal.label)
             extra = {"files": stats.files + stats.hardlinks, "image": stats.image}
         else:
-            await _stage_file(tx, name, chunks, count)
+            await _stage_file(tx, name, chunks, count, room)
             extra = {"sha256": hashed.hexdigest()}
         hashed.verify()  # a mismatch raises 400 here: the transaction is aborted below
+        if not unpack:
+            tx.set_sha256(name, hashed.hexdigest())
+        form = body.fields if body is not None else {}
+        keep = retention.merge("keep_last", keep_q,
+                               retention.parse_keep_last(form.get("keep_last")))
+        pinned = retention.merge("pin", pin_q, retention.parse_pin(form.get("pin")))
+        if keep is not None:
+            tx.set_keep_last(name, keep)  # type: ignore[arg-type]
+        if pinned is not None:
+            tx.set_pin(name, bool(pinned))
         tx.set_expiry(name, None if ttl is None else repo.clock() + ttl)
         tx.set_provenance(name, provenance_record(principal, meta))
     except BodyIdleTimeout as exc:
@@ -518,6 +548,8 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
         "upload_time_s": round(upload_time, 6), "publish_time_s": round(result.publish_time_s, 6),
         "refreshed": name in result.refreshed, "digest_verified": want is not None, **extra,
         "provenance": info.provenance,
+        # -- retention --
+        "pinned": info.pinned, "removed": list(tx.pruned),
     })
 
 
@@ -669,20 +701,23 @@ def router() -> APIRouter:
     async def post_upload(request: Request, fqrn: str, unpack: bool = False,
                           overwrite: bool = False, ttl_s: int | None = None,
                           name: str | None = None, expire_in: str | None = None,
-                          sha256: str | None = None) -> Response:
-        """Seed-compatible multipart upload (field ``file``; its filename names the artifact)."""
+                          sha256: str | None = None, keep_last: str | None = None,
+                          pin: str | None = None) -> Response:
+        """Seed-compatible multipart upload (field ``file``; its filename names the artifact;
+        fields ``keep_last`` and ``pin`` beside it, like the query parameters)."""
         return await upload(svc(request), request, fqrn, name, multipart=True, unpack=unpack,
                             overwrite=overwrite, ttl_s=ttl_s, expire_in=expire_in,
-                            sha256=sha256)
+                            sha256=sha256, keep_last=keep_last, pin=pin)
 
     @r.put("/repos/{fqrn}/{name:path}")
     async def put_upload(request: Request, fqrn: str, name: str, unpack: bool = False,
                          overwrite: bool = False, ttl_s: int | None = None,
-                         expire_in: str | None = None, sha256: str | None = None) -> Response:
+                         expire_in: str | None = None, sha256: str | None = None,
+                         keep_last: str | None = None, pin: str | None = None) -> Response:
         """Raw body upload (``curl -T file``)."""
         return await upload(svc(request), request, fqrn, name, multipart=False, unpack=unpack,
                             overwrite=overwrite, ttl_s=ttl_s, expire_in=expire_in,
-                            sha256=sha256)
+                            sha256=sha256, keep_last=keep_last, pin=pin)
 
     @r.get("/repos/{fqrn}")
     async def list_artifacts(request: Request, fqrn: str, prefix: str = "") -> Response:
@@ -699,7 +734,19 @@ def router() -> APIRouter:
             "namespaces": child_namespaces([(a.name, a.size) for a in arts], base),
             "files": [{"name": a.name, "kind": a.kind, "size": a.size, "files": a.files,
                        "expires_at": iso(a.expires_at), "created_at": iso(a.created_at),
-                       "revision": a.revision, "provenance": a.provenance} for a in arts]})
+                       "revision": a.revision, "provenance": a.provenance,
+                       # -- retention --
+                       "pinned": a.pinned, "sha256": a.sha256} for a in arts]})
+
+    # -- retention: usage (before the download route, which would take "usage" as a name) --
+    @r.get("/repos/{fqrn}/usage")
+    async def usage(request: Request, fqrn: str) -> Response:
+        """Bytes and artifacts per top-level namespace, and the quota (public, like the list)."""
+        service = svc(request)
+        repo = service.repository(fqrn)
+        arts = await asyncio.to_thread(repo.artifacts)
+        return JSONResponse(retention.usage_report(fqrn, repo.revision(),
+                                                   service.settings.lifetimes(fqrn), arts))
 
     @r.head("/repos/{fqrn}/{name:path}")
     async def head_download(request: Request, fqrn: str, name: str) -> Response:
@@ -805,7 +852,7 @@ def router() -> APIRouter:
                 return change.answer(error(422, "query parameter ttl_s (or expire_in) is "
                                                 "required"))
             ttl = _principal_lifetime(principal, fqrn, name,
-                                      service.lifetime(ttl_s, expire_in), explicit=True)
+                                      service.lifetime(ttl_s, expire_in, fqrn), explicit=True)
             change.fields["ttl_s"] = ttl
             try:
                 validate_artifact_name(name, repo.max_name_depth)
@@ -819,6 +866,30 @@ def router() -> APIRouter:
             change.fields["expires_at"] = expires
             return change.answer(JSONResponse({"name": name, "revision": result.revision,
                                                "expires_at": expires}))
+
+    # -- retention: pin / unpin an existing artifact (the ttl route's style and role) --
+    @r.post("/repos/{fqrn}/{name:path}/pin")
+    async def set_pin(request: Request, fqrn: str, name: str,
+                      pin: str | None = None) -> Response:
+        """``?pin=true`` (the default) exempts the artifact from keep_last; ``false`` ends it."""
+        service = svc(request)
+        with _ChangeLog("pin", fqrn, name) as change:
+            change.token = (await service.authorizer.check(request, fqrn, name=name)).label
+            repo = service.repository(fqrn)
+            pinned = retention.parse_pin(pin)
+            pinned = True if pinned is None else pinned
+            change.fields["pinned"] = pinned
+            try:
+                validate_artifact_name(name)
+                tx = repo.begin()
+                tx.set_pin(name, pinned)
+                result = await service.committers[fqrn].commit(tx)
+            except RepositoryError as exc:
+                return change.answer(error(status_for(exc), str(exc)))
+            change.revision = result.revision
+            return change.answer(JSONResponse({
+                "name": name, "pinned": repo.artifact(name).pinned,
+                "revision": result.revision}))
 
     @r.post("/repos/{fqrn}/notify")
     async def notify(request: Request, fqrn: str) -> Response:
