@@ -224,63 +224,6 @@ def test_chunking_rule(tmp_path: Path) -> None:
         ing.close()
 
 
-def test_concurrent_uncompressed_files_hold_slices_not_chunks(tmp_path: Path) -> None:
-    """Eight files written at once with 8 MiB chunks: each holds about two 1 MiB slices in
-    memory, not a chunk (8 x 8 MiB before); the content and the chunking rule are unchanged
-    and no temp file is left in data/txn."""
-    from runtime.cvmfs.chunking import STREAM_SLICE
-
-    store = ObjectStore(tmp_path)
-    store.create_skeleton()
-    chunk = 8 << 20
-    ing = Ingester(store, compressed=False, chunk_size=chunk, workers=2)
-    sizes = [chunk, chunk + 1, 2 * chunk + 12345, STREAM_SLICE + 1, 20 << 20, 17, 9 << 20,
-             3 * chunk]
-    blocks = [os.urandom(64 * 1024) for _ in range(8)]
-    writers = [ing.open() for _ in sizes]
-    written = [0] * len(sizes)
-    tracemalloc.start()
-    try:
-        while any(w < s for w, s in zip(written, sizes)):
-            for i, writer in enumerate(writers):
-                n = min(len(blocks[i]), sizes[i] - written[i])
-                if n:
-                    # a fresh object per write, as a network read gives (not one shared)
-                    writer.write(bytes(memoryview(blocks[i])[:n]))
-                    written[i] += n
-        contents = [writer.close() for writer in writers]
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        ing.close()
-    assert peak < len(sizes) * 3 * STREAM_SLICE, peak
-    for size, block, content in zip(sizes, blocks, contents):
-        expected = (block * (size // len(block) + 1))[:size]
-        assert content.size == size
-        if size <= chunk:
-            assert not content.chunked
-            assert store.read(content.digest.hex()) == expected
-        else:
-            assert [c.size for c in content.chunks] == (
-                [chunk] * ((size - 1) // chunk) + [size - chunk * ((size - 1) // chunk)])
-            assert b"".join(store.read(c.digest.hex(), "P") for c in content.chunks) == expected
-    assert os.listdir(store.txn) == []
-
-
-def test_an_aborted_stream_leaves_no_temp_file(tmp_path: Path) -> None:
-    store = ObjectStore(tmp_path)
-    store.create_skeleton()
-    ing = Ingester(store, compressed=False, chunk_size=8 << 20, workers=2)
-    try:
-        writer = ing.open()
-        for _ in range(40):
-            writer.write(os.urandom(64 * 1024))
-        writer.abort()
-    finally:
-        ing.close()
-    assert os.listdir(store.txn) == []
-
-
 def test_streaming_memory_does_not_grow_with_file_size(tmp_path: Path) -> None:
     """A 48 MiB stream with 1 MiB chunks stays within a few chunks of Python memory."""
     store = ObjectStore(tmp_path)

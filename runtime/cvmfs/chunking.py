@@ -7,15 +7,6 @@ to a thread pool that compresses (zlib, if enabled), hashes and stores it; ``zli
 ``chunk_size × max_inflight`` for all files together plus one chunk per file being written,
 whatever the file sizes.
 
-Uncompressed content does not wait for whole chunks: past its first ``STREAM_SLICE`` bytes, a
-file's bytes are hashed and written to a temp file of ``data/txn/`` as they arrive (one pool
-task at a time per file, so in order), and each chunk is renamed to its name once complete.
-A file then holds at most about two slices in memory instead of a chunk, so concurrent uploads
-cost ~2 MiB each rather than ``chunk_size`` (8 MiB by default, up to 256 MiB) each; hashing
-(SHA-1, ~2 GB/s on one core) keeps up with the network on a single worker. Compressed content
-keeps the whole-chunk path: deflate is the bottleneck there, and compressing the chunks of one
-file in parallel needs them buffered.
-
 A file that ends before its first cut is stored whole (no suffix, catalog ``hash`` set); a
 longer one is stored as chunks (suffix ``P``, catalog ``hash`` NULL, ``chunks`` rows). Because a
 cut only happens once *more* data than a chunk is buffered, a file never becomes a single chunk,
@@ -25,7 +16,6 @@ which cvmfs never writes either (docs/cvmfs-format.md, "Chunked files"). Fixed-s
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 from collections import deque
@@ -36,13 +26,10 @@ from typing import BinaryIO, Iterable
 from . import deflate
 from .batches import BatchWriter, store_blobs
 from .deflate import DEFAULT_LEVEL
-from .objects import EARLY_WRITEBACK_BYTES, FILE, PARTIAL, ObjectStore, StoredObject
+from .objects import FILE, PARTIAL, ObjectStore, StoredObject
 
 #: Pieces read from file objects; large enough to amortise syscalls, small enough to stream.
 READ_BLOCK = 1024 * 1024
-#: Uncompressed content handed to the pool this many bytes at a time (see the module
-#: docstring); a file no larger stays in memory and is stored whole, as before.
-STREAM_SLICE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -100,7 +87,8 @@ class Ingester:
 
     def _put_compressed_pieces(self, pieces: list[bytes], suffix: str) -> StoredObject:
         """A chunk compressed from the pieces it arrived in, not joined first: one chunk-sized
-        buffer less per chunk in flight, same object name (:func:`.deflate.compress_pieces`)."""
+        buffer less per chunk in flight (8 MiB each, four in flight on two cores), same
+        object name (:func:`.deflate.compress_pieces`)."""
         return self.store.put(deflate.compress_pieces(pieces, self.level), suffix)
 
     def open(self) -> "FileWriter":
@@ -162,61 +150,12 @@ class Ingester:
         return self._contents(blobs, store_blobs(self.store, self.compressed, blobs, self.level))
 
 
-class _ChunkFile:
-    """One uncompressed chunk (or whole file) being written as its bytes arrive: hashed on the
-    fly into a temp file of ``data/txn/``, renamed to its name once complete.
-
-    Crash safety: a writer killed mid-chunk leaves only the temp file, which no catalog names
-    and gc removes once it is older than the cut-off (the upload's staging marker holds that
-    back while the upload is alive); a chunk is under its final name only when complete.
-    """
-
-    def __init__(self, store: ObjectStore, offset: int):
-        self.store, self.offset = store, offset
-        self.tmp = store.temp_path()
-        self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.sha1 = hashlib.sha1()
-        self.size = 0
-
-    def feed(self, view: memoryview) -> None:
-        assert self.fd is not None
-        self.sha1.update(view)
-        self.size += len(view)
-        while len(view):
-            view = view[os.write(self.fd, view):]
-
-    def finish(self, suffix: str) -> StoredObject:
-        fd, self.fd = self.fd, None
-        assert fd is not None
-        try:
-            if self.size >= EARLY_WRITEBACK_BYTES:
-                # start the writeback now: the publish's syncfs then finds little left to do
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-        return self.store.adopt(self.tmp, self.sha1.hexdigest(), suffix, self.size)
-
-    def discard(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
-
-
 class FileWriter:
     """Push-style writer for one file; see the module docstring for the chunking rule.
 
-    Compressed content: incoming pieces are kept as they arrive and a chunk is handed to the
-    pool as the list of pieces that make it up (only a piece that straddles a chunk boundary
-    is split), so bytes are copied once, by the ``writev`` that stores them.
-
-    Uncompressed content is streamed (:class:`_ChunkFile`) once more than ``STREAM_SLICE``
-    bytes arrived: the pieces go to the pool a slice at a time, one task per file at a time
-    (in order); a writer whose previous slice is still being written waits for it, so a file
-    holds at most about two slices whatever the chunk size.
+    Incoming pieces are kept as they arrive and a chunk is handed to the pool as the list of
+    pieces that make it up (only a piece that straddles a chunk boundary is split), so bytes
+    are copied once, by the ``writev`` that stores them.
     """
 
     def __init__(self, ingester: Ingester):
@@ -226,11 +165,6 @@ class FileWriter:
         self._offset = 0
         self._pending: list[tuple[int, int, Future]] = []
         self._inflight = ingester.inflight
-        # -- streaming (uncompressed) --
-        self._stream = not ingester.compressed
-        self._task: Future | None = None  # the slice being written, at most one per file
-        self._chunk: _ChunkFile | None = None  # touched only by that task (or after it)
-        self._chunks: list[tuple[Chunk, StoredObject]] = []
 
     @property
     def size(self) -> int:
@@ -270,78 +204,8 @@ class FileWriter:
             self._buffered += len(data)
         return max(0, (self._buffered - 1) // self._ing.chunk_size)
 
-    # -- streaming (uncompressed) -----------------------------------------------------------
-
-    def _keep(self, data: bytes) -> bool:
-        """Keep ``data``; True when a slice is ready to hand to the pool."""
-        if data:
-            self._pieces.append(bytes(data) if not isinstance(data, bytes) else data)
-            self._buffered += len(data)
-        return self._buffered >= STREAM_SLICE
-
-    def _hand_off(self) -> None:
-        """Give the buffered pieces to the pool (the previous slice must be done)."""
-        pieces, size = list(self._pieces), self._buffered
-        self._pieces.clear()
-        self._buffered = 0
-        self._offset += size
-        self._task = self._ing._pool.submit(self._consume, pieces)
-
-    def _consume(self, pieces: list[bytes]) -> None:
-        """Write ``pieces`` into the current chunk file (on the pool, in order). A full chunk is
-        cut only when more bytes follow, so a file is never a single chunk."""
-        size = self._ing.chunk_size
-        for piece in pieces:
-            view = memoryview(piece)
-            while len(view):
-                chunk = self._chunk
-                if chunk is None:
-                    chunk = self._chunk = _ChunkFile(self._ing.store, 0)
-                elif chunk.size == size:
-                    self._chunks.append(self._finish(chunk, PARTIAL))
-                    chunk = self._chunk = _ChunkFile(self._ing.store, chunk.offset + size)
-                room = size - chunk.size
-                chunk.feed(view[:room])
-                view = view[room:]
-
-    @staticmethod
-    def _finish(chunk: _ChunkFile, suffix: str) -> tuple[Chunk, StoredObject]:
-        obj = chunk.finish(suffix)
-        return Chunk(chunk.offset, chunk.size, obj.digest), obj
-
-    def _close_stream(self) -> FileContent:
-        if self._task is None and self._buffered <= self._ing.chunk_size:
-            # never streamed and not chunked: a small file, stored whole from memory
-            tail_size = self._buffered
-            obj = self._ing.store.put_content(self._take(tail_size), FILE, False)
-            return FileContent(tail_size, False, obj.digest, [], [obj])
-        if self._task is not None:
-            self._task.result()
-        self._offset += self._buffered
-        self._consume(self._take(self._buffered))
-        chunk, self._chunk = self._chunk, None
-        assert chunk is not None
-        try:
-            if not self._chunks:
-                obj = chunk.finish(FILE)
-                return FileContent(self._offset, False, obj.digest, [], [obj])
-            self._chunks.append(self._finish(chunk, PARTIAL))
-        except BaseException:
-            chunk.discard()
-            raise
-        return FileContent(self._offset, False, None, [c for c, _ in self._chunks],
-                           [o for _, o in self._chunks])
-
-    # -- the writer's interface ---------------------------------------------------------------
-
     def write(self, data: bytes) -> None:
         """Buffer ``data``; cut and submit full chunks, blocking when too many are in flight."""
-        if self._stream:
-            if self._keep(data):
-                if self._task is not None:
-                    self._task.result()
-                self._hand_off()
-            return
         size = self._ing.chunk_size
         for _ in range(self._buffer(data)):
             self._inflight.acquire()
@@ -349,12 +213,6 @@ class FileWriter:
 
     async def awrite(self, data: bytes) -> None:
         """Like :meth:`write`, but waits for pool capacity without blocking the event loop."""
-        if self._stream:
-            if self._keep(data):
-                if self._task is not None:
-                    await asyncio.wrap_future(self._task)
-                self._hand_off()
-            return
         size = self._ing.chunk_size
         for _ in range(self._buffer(data)):
             while not self._inflight.acquire(blocking=False):
@@ -363,8 +221,6 @@ class FileWriter:
 
     def close(self) -> FileContent:
         """Store the tail and wait for every chunk; return the file's catalog description."""
-        if self._stream:
-            return self._close_stream()
         tail_size = self._buffered
         tail = self._take(tail_size)
         if not self._pending:
@@ -387,17 +243,12 @@ class FileWriter:
         return await loop.run_in_executor(None, self.close)
 
     def abort(self) -> None:
-        """Drop buffered data and wait for in-flight chunks (their objects are left to gc; a
-        partly written chunk file is removed)."""
+        """Drop buffered data and wait for in-flight chunks (their objects are left to gc)."""
         self._pieces.clear()
         self._buffered = 0
-        for fut in [f for _, _, f in self._pending] + ([self._task] if self._task else []):
+        for _, _, fut in self._pending:
             try:
                 fut.result()
             except Exception:  # noqa: BLE001 - nothing to keep from an aborted file
                 pass
         self._pending.clear()
-        self._task = None
-        if self._chunk is not None:
-            self._chunk.discard()
-            self._chunk = None

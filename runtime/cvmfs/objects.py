@@ -204,32 +204,6 @@ class ObjectStore:
                 os.unlink(tmp)
             raise
 
-    def temp_path(self) -> str:
-        """A fresh temp file name in ``data/txn/`` (gc removes those of killed writers)."""
-        return self._tmp_name()
-
-    def adopt(self, tmp: str, hex_digest: str, suffix: str, size: int) -> StoredObject:
-        """Make the complete temp file ``tmp`` (``size`` bytes, SHA-1 ``hex_digest``) the object
-        of that name: renamed into place (atomic towards readers, and it replaces a short copy
-        of a killed writer), or dropped if a complete copy is already there (its mtime then
-        refreshed, as :meth:`put` does, so a concurrent gc keeps it)."""
-        final = f"{self._data_str}/{hex_digest[:2]}/{hex_digest[2:]}{suffix}"
-        try:
-            if os.stat(final).st_size == size:
-                os.utime(final)
-                os.unlink(tmp)
-                return StoredObject(hex_digest, suffix, size)
-        except FileNotFoundError:
-            pass
-        try:
-            os.rename(tmp, final)
-        except FileNotFoundError:
-            if not os.path.exists(tmp):
-                raise
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.rename(tmp, final)
-        return StoredObject(hex_digest, suffix, size)
-
     def put_content(self, data: Buffers, suffix: str, compressed: bool,
                     level: int = deflate.DEFAULT_LEVEL) -> StoredObject:
         """Compress (a zlib stream from :mod:`.deflate`, at ``level``) or not, then :meth:`put`.
