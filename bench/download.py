@@ -2,9 +2,10 @@
 
 Prints, in one run:
 
-1. the tar of the artifact driven as the server streams it (one worker-thread hop per piece):
-   coalesced pieces (``downloads.tar_pieces``, what the server sends) vs one hop per tar piece
-   (header, content, padding: how the download route streamed before), seconds, medians;
+1. the tar of the artifact driven as the server streams it (one worker-thread hop per piece),
+   seconds (medians) and the traced Python peak of each: entries walked from the nested
+   catalog (``downloads.artifact_entries``, what the server does) vs the tree read whole and
+   held while streaming (before), and vs one hop per tar piece (before that);
 2. the real server (``python -m runtime serve`` in its own process) downloading it over
    loopback: seconds, and the server's peak RSS during two concurrent downloads vs its RSS when
    idle.
@@ -26,6 +27,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import httpx
@@ -103,19 +105,40 @@ def main() -> None:
         print(f"artifact: {args.entries} files in 100 directories ({len(tar) / 1e6:.1f} MB tar)")
 
         repo = Repository(work / "data", work / "keys", RepositoryConfig(fqrn=FQRN))
-        tree = repo.artifact_tree("many")
-        new, old = [], []
+        info = next(a for a in repo.artifacts() if a.name == "many")
+
+        def walked():  # type: ignore[no-untyped-def]
+            return downloads.artifact_entries(repo, "many", info.catalog_hash)
+
+        def held():  # type: ignore[no-untyped-def]
+            return downloads.sorted_entries(repo.artifact_tree("many"))
+
+        variants = {"entries walked from the catalog": lambda: downloads.tar_pieces(repo, walked()),
+                    "tree held whole (before)": lambda: downloads.tar_pieces(repo, held()),
+                    "tree held, one hop per piece": lambda: downloads._members(repo, held())}
+        if not hasattr(downloads, "artifact_entries"):  # an older checkout (--against style)
+            del variants["entries walked from the catalog"]
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        sizes = set()
         for _ in range(args.repeat):
-            t = time.perf_counter()
-            size_new = asyncio.run(drive(downloads.tar_pieces(repo, downloads.sorted_entries(tree))))
-            new.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            size_old = asyncio.run(drive(downloads._members(repo, downloads.sorted_entries(tree))))
-            old.append(time.perf_counter() - t)
-            assert size_new == size_old
-        print(f"1. tar stream, {args.entries} entries: coalesced {statistics.median(new):.2f} s"
-              f"  vs  baseline one hop per piece {statistics.median(old):.2f} s"
-              f"  ({statistics.median(old) / statistics.median(new):.1f}x)")
+            for label, make in variants.items():
+                t = time.perf_counter()
+                sizes.add(asyncio.run(drive(make())))
+                times[label].append(time.perf_counter() - t)
+        assert len(sizes) == 1, sizes
+        peaks = {}
+        for label, make in variants.items():
+            tracemalloc.start()
+            asyncio.run(drive(make()))
+            peaks[label] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        base = statistics.median(times["tree held whole (before)"])
+        print(f"1. tar stream of {args.entries} entries, median of {args.repeat} "
+              f"(traced Python peak beside):")
+        for label in variants:
+            med = statistics.median(times[label])
+            print(f"   {label:34} {med:6.2f} s ({med / base:4.2f}x the tree held whole)  "
+                  f"peak {peaks[label] / 2**20:6.1f} MiB")
 
         idle = rss_kib(proc.pid)
         peak = [idle]

@@ -11,7 +11,8 @@ writes to, not a fresh loop mount), and measures:
    ``sync`` on the same filesystem (and Python's ``tarfile``); the first round is the first
    unpack after the server started (``--fresh-server``: a new server before every round), and
    the slowest round is printed against the median (target: none slower than 2x);
-3. 8 x 128 MiB concurrent uploads (aggregate MiB/s) vs the single upload;
+3. 8 x 128 MiB concurrent uploads, raw PUT and multipart POST, each into a fresh server
+   process: aggregate MiB/s vs the single upload, and the server's peak RSS vs its idle RSS;
 4. the server's peak RSS during a 4 GiB upload vs its RSS when idle;
 5. publish -> subscriber latency over 200 publishes (p50/p99) vs an HTTP round trip.
 
@@ -66,6 +67,9 @@ def payload(total: int, seed: int) -> "iter[bytes]":
 
 
 class Server:
+    #: The repository's ``compression`` (``--compression``).
+    compression = "none"
+
     def __init__(self, workdir: Path):
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -75,7 +79,8 @@ class Server:
         env = {**os.environ,
                "CVMFS_EPHEMERAL_DATA_DIR": str(workdir / "data"),
                "CVMFS_EPHEMERAL_KEYS_DIR": str(workdir / "keys"),
-               "CVMFS_EPHEMERAL_REPOSITORIES": json.dumps([{"fqrn": FQRN, "compression": "none"}]),
+               "CVMFS_EPHEMERAL_REPOSITORIES": json.dumps([{"fqrn": FQRN,
+                                                                    "compression": self.compression}]),
                "CVMFS_EPHEMERAL_TOKENS": TOKEN, "CVMFS_EPHEMERAL_SCHEDULER": "false",
                "CVMFS_EPHEMERAL_PORT": str(self.port), "CVMFS_EPHEMERAL_LOG_LEVEL": "warning",
                "CVMFS_EPHEMERAL_MAX_ARTIFACT_BYTES": str(5 * 1024**3)}
@@ -289,13 +294,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5,
                     help="single and tarball uploads, each of different content, each paired "
                          "with its own baseline; medians are reported")
+    ap.add_argument("--compression", choices=("none", "zlib"), default="none",
+                    help="the repository's compression (default none)")
+    ap.add_argument("--concurrent-mib", type=int, default=None,
+                    help="size of each of the 8 concurrent uploads (default 128, --quick 16)")
     args = ap.parse_args()
+    Server.compression = args.compression
     only = set(args.only.split(","))
     if only - set(MEASUREMENTS):
         ap.error(f"unknown measurement(s): {', '.join(sorted(only - set(MEASUREMENTS)))}")
     q = args.quick
     single = (64 if q else 1024) * MiB
-    each = (16 if q else 128) * MiB
+    each = (args.concurrent_mib or (16 if q else 128)) * MiB
     huge = (256 if q else 4096) * MiB
     files = args.files or (1000 if q else 10_000)
     publishes = 20 if q else 200
@@ -307,16 +317,18 @@ def main() -> None:
         if only & {"single", "concurrent"}:
             # The disk's speed here swings several-fold within a minute, so each upload is
             # paired with a baseline written right before it, and the ratios are compared.
-            pairs = []
+            pairs, single_peaks = [], []
             for seed in range(1, max(1, args.repeat) + 1):
                 source = prepare(workdir, f"single{seed}", single, seed)
                 os.sync()
                 base_s = baseline_write(workdir / "baseline.bin", single)
-                up_s, _ = put(server.url, f"single{seed}", single, seed, source)
+                with PeakRss(server) as rss:
+                    up_s, _ = put(server.url, f"single{seed}", single, seed, source)
                 os.sync()
                 direct_s = direct_write(source, workdir / "direct.bin")
                 source.unlink()
                 pairs.append((single / MiB / up_s, single / MiB / base_s))
+                single_peaks.append(rss.peak)
                 ctx = f"; O_DIRECT {single / MiB / direct_s:7.1f} MiB/s" if direct_s else ""
                 print(f"   single round {seed}: {single / MiB / up_s:7.1f} MiB/s vs write+fsync "
                       f"{single / MiB / base_s:7.1f} = {base_s / up_s:.2f}{ctx}  "
@@ -326,7 +338,8 @@ def main() -> None:
             rows.append((f"single upload {single // MiB} MiB",
                          f"{spread([u for u, _ in pairs], '{:.1f}')} MiB/s",
                          f"raw write+fsync {spread([b for _, b in pairs], '{:.1f}')} MiB/s",
-                         f"ratio {spread(ratios, '{:.2f}')} (target >= 0.8)"))
+                         f"ratio {spread(ratios, '{:.2f}')} (target >= 0.8); "
+                         f"server peak RSS {max(single_peaks) / MiB:.1f} MiB"))
 
         if "tarball" in only:
             rates, bases, pys = [], [], []
@@ -352,17 +365,10 @@ def main() -> None:
                          f">= 20,000 files/s)"))
 
         if "concurrent" in only:
-            sources = [prepare(workdir, f"conc{i}", each, 100 + i) for i in range(8)]
-            os.sync()
-            started = time.perf_counter()
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda i: put(server.url, f"conc{i}", each, 100 + i, sources[i]),
-                              range(8)))
-            conc_s = time.perf_counter() - started
-            conc_mibs = 8 * each / MiB / conc_s
-            rows.append((f"8 x {each // MiB} MiB concurrent", f"{conc_mibs:8.1f} MiB/s",
-                         f"single upload {single_mibs:8.1f} MiB/s",
-                         f"ratio {conc_mibs / single_mibs:.2f} (target >= 1)"))
+            server.stop()
+            for kind in ("raw", "multipart"):
+                rows.append(bench_concurrent(workdir, kind, each, single_mibs))
+            server = Server(workdir)
 
         if "latency" in only:
             e2e, notify, rtt = bench_latency(server.url, publishes)
@@ -379,7 +385,8 @@ def main() -> None:
             server = Server(workdir / "rss")
             rows.append(bench_rss(server, huge))
 
-        print(f"\nupload benchmark ({os.cpu_count()} CPUs, data in {workdir})")
+        print(f"\nupload benchmark ({os.cpu_count()} CPUs, data in {workdir}, "
+              f"compression {args.compression})")
         for row in rows:
             print(f"  {row[0]:40} {row[1]:>24}   vs {row[2]:36} {row[3]}")
     finally:
@@ -387,23 +394,84 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class PeakRss:
+    """The server's peak RSS over a ``with`` block: the kernel's high-water mark (VmHWM after
+    ``clear_refs``) where it can be reset, else the highest of samples every 50 ms."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.peak = 0
+
+    def __enter__(self) -> "PeakRss":
+        self.idle = self.server.status("VmRSS")
+        self.exact = self.server.reset_peak()
+        self.peak = self.idle
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.server.status("VmRSS"))
+            time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+        self._stop.set()
+        self._sampler.join()
+        if self.exact:
+            self.peak = self.server.status("VmHWM")
+
+
+def put_multipart(url: str, name: str, source: Path) -> float:
+    """The seed-compatible ``POST /repos/<repo>`` (field ``file``), sent by curl ``-F``."""
+    started = time.perf_counter()
+    if CURL:
+        subprocess.run([CURL, "-sS", "--fail-with-body", "-H", f"Authorization: Bearer {TOKEN}",
+                        "-F", f"file=@{source};filename={name}", f"{url}/repos/{FQRN}"],
+                       capture_output=True, check=True)
+    else:
+        with open(source, "rb") as fh, httpx.Client(timeout=None) as c:
+            c.post(f"{url}/repos/{FQRN}", headers={"Authorization": f"Bearer {TOKEN}"},
+                   files={"file": (name, fh)}).raise_for_status()
+    return time.perf_counter() - started
+
+
+def bench_concurrent(workdir: Path, kind: str, each: int,
+                     single_mibs: float | None) -> tuple[str, str, str, str]:
+    """8 uploads of ``each`` bytes at once (``raw`` PUT or ``multipart`` POST) into a fresh
+    server process: aggregate MiB/s and the server's peak RSS beside its idle RSS."""
+    sources = [prepare(workdir, f"conc{i}", each, 100 + i) for i in range(8)]
+    os.sync()
+    server = Server(workdir / f"concurrent-{kind}")
+    try:
+        def one(i: int) -> None:
+            if kind == "raw":
+                put(server.url, f"conc{i}", each, 100 + i, sources[i])
+            else:
+                put_multipart(server.url, f"conc{i}", sources[i])
+        with PeakRss(server) as rss:
+            started = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(one, range(8)))
+            conc_s = time.perf_counter() - started
+    finally:
+        server.stop()
+        for source in sources:
+            source.unlink()
+    conc_mibs = 8 * each / MiB / conc_s
+    versus = f"ratio {conc_mibs / single_mibs:.2f} to the single upload; " if single_mibs else ""
+    return (f"8 x {each // MiB} MiB concurrent, {kind}",
+            f"{conc_mibs:8.1f} MiB/s, peak RSS {rss.peak / MiB:6.1f} MiB",
+            f"idle RSS {rss.idle / MiB:8.1f} MiB",
+            f"{versus}target peak RSS < 256 MiB")
+
+
 def bench_rss(server: Server, huge: int) -> tuple[str, str, str, str]:
     """The server's peak RSS while one ``huge`` upload streams through it."""
-    idle = server.status("VmRSS")
-    exact = server.reset_peak()
-    peak = [idle]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], server.status("VmRSS"))
-            time.sleep(0.05)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    put(server.url, "huge", huge, 7)
-    stop.set()
-    sampler.join()
-    hwm = server.status("VmHWM") if exact else peak[0]
+    with PeakRss(server) as rss:
+        put(server.url, "huge", huge, 7)
+    idle, hwm = rss.idle, rss.peak
     return (f"server peak RSS, {huge // MiB} MiB upload", f"{hwm / MiB:8.1f} MiB",
             f"idle RSS {idle / MiB:8.1f} MiB", "target < 256 MiB")
 

@@ -69,6 +69,10 @@ class RepositorySpec(_Model):
     fqrn: str
     ttl_s: int = Field(60, gt=0, description="catalog TTL: how often clients re-check")
     compression: Literal["none", "zlib"] = "none"
+    #: Deflate level (1 fastest .. 9 smallest) of file content with ``compression: zlib``; unset
+    #: means the runtime's default (4). Left out of the runtime JSON when unset, so a stack that
+    #: does not set it keeps the same container environment (no restart on upgrade).
+    compression_level: Optional[int] = Field(None, ge=1, le=9)
     chunk_size: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
     volatile: bool = True
     garbage_collectable: bool = True

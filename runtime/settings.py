@@ -204,10 +204,12 @@ class Settings(BaseSettings):
     #: file-descriptor limit allows). Default: 20,000 for the gateway role (each notification
     #: subscriber holds one connection and one descriptor), 1,000 for the others.
     max_connections: int | None = Field(None, ge=1)
-    #: Directory downloads (tar streams) at once, per client address and in total, and the
-    #: entries they may hold together (what bounds their memory); beyond them 429 / 503.
+    #: Directory downloads (tar streams) at once, per client address and in total; beyond
+    #: them 429 / 503.
     max_downloads_per_client: int = Field(2, ge=1)
     max_downloads: int = Field(8, ge=1)
+    #: Accepted for existing deployments, no longer used: a download streams from its nested
+    #: catalog in constant memory, so the entries in flight need no budget.
     max_download_entries: int = Field(500_000, ge=1)
     log_level: str = "info"
     #: ``human`` (default) or ``json`` (one JSON object per line).

@@ -82,3 +82,20 @@ def test_compression_level_is_a_repository_setting(tmp_path: Path) -> None:
     assert names[1] != names[9], "the level reaches the compressor"
     with pytest.raises(ValueError):
         RepositoryConfig(fqrn="ci.example.org", compression_level=10)
+
+
+@pytest.mark.parametrize("backend", [None, zlib], ids=["zlib-ng", "stock zlib"])
+def test_a_chunk_compressed_as_the_pieces_it_arrived_in_has_the_same_name(backend) -> None:
+    """Chunks are compressed from the network's pieces without joining them: the object name
+    must still be that of the whole chunk, whatever the split (dedup across uploads)."""
+    import random
+
+    data = _mixed_corpus()[: 3 << 20] + os.urandom(1 << 20)
+    rng = random.Random(15)
+    whole = deflate.compress(data, 4, backend=backend)
+    for _ in range(4):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 200)))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        assert b"".join(deflate.compress_pieces(pieces, 4, backend=backend)) == whole
+    assert b"".join(deflate.compress_pieces([], 4, backend=backend)) == deflate.compress(
+        b"", 4, backend=backend)

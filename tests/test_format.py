@@ -136,6 +136,28 @@ def test_mismatched_key_and_certificate_are_refused(tmp_path: Path) -> None:
         keys.load(tmp_path, "m.example.org")
 
 
+def test_the_master_key_is_read_when_a_whitelist_is_signed_not_to_publish(tmp_path: Path) -> None:
+    """Publishing signs with the repository key only; the master key (~27 ms to parse and
+    validate) is loaded and checked against ``.pub`` on first use, and a wrong one is still
+    refused before it signs anything."""
+    keys.create_missing(tmp_path, "w.example.org")
+    path = keys.key_path(tmp_path, "w.example.org", "masterkey")
+    path.chmod(0o600)
+    path.write_bytes(b"not a key")
+    k = keys.load(tmp_path, "w.example.org")
+    assert k.repository_key is not None  # enough to sign a manifest
+    with pytest.raises(keys.KeysError, match="not an unencrypted PEM private key"):
+        _ = k.master_key
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(other.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    with pytest.raises(keys.KeysError, match=r"masterkey does not match .*w\.example\.org\.pub"):
+        _ = keys.load(tmp_path, "w.example.org").master_key
+    path.unlink()
+    assert keys.load(tmp_path, "w.example.org").master_key is None  # kept offline
+
+
 def test_objects_are_idempotent_and_repair_a_truncated_copy(tmp_path: Path) -> None:
     store = ObjectStore(tmp_path)
     store.create_skeleton()

@@ -16,6 +16,7 @@ server must keep signing with the keys clients already trust.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -56,15 +57,30 @@ class RepositoryKeys:
     """The loaded key material of one repository.
 
     ``master_key`` is ``None`` when the master key is kept offline; the repository can then
-    publish but not re-sign its whitelist.
+    publish but not re-sign its whitelist. It is loaded (and checked against ``.pub``) on first
+    use, not with the rest: parsing and validating an RSA private key costs ~27 ms, which every
+    ``publish`` from the command line would pay for a key that only signs whitelists.
     """
 
     fqrn: str
     repository_key: rsa.RSAPrivateKey | None
     certificate: x509.Certificate
     certificate_pem: bytes
-    master_key: rsa.RSAPrivateKey | None
     master_public_pem: bytes
+    #: ``<fqrn>.masterkey`` if it exists (at load time), else ``None``.
+    master_key_path: Path | None = None
+
+    @functools.cached_property
+    def master_key(self) -> rsa.RSAPrivateKey | None:
+        """The master key, or ``None`` if kept offline. ``KeysError`` if it does not match
+        ``.pub`` (a whitelist signed with it would be refused by every client)."""
+        if self.master_key_path is None:
+            return None
+        master = _load_private(self.master_key_path)
+        if not _public_numbers_equal(master.public_key(), self.master_public_key):
+            raise KeysError(f"{self.master_key_path} does not match "
+                            f"{key_path(self.master_key_path.parent, self.fqrn, 'pub')}")
+        return master
 
     @property
     def master_public_key(self) -> rsa.RSAPublicKey:
@@ -195,14 +211,11 @@ def load(keys_dir: Path, fqrn: str, *, require_signing: bool = True) -> Reposito
     repo_key = _load_private(paths["key"]) if paths["key"].exists() else None
     if repo_key is not None and not _public_numbers_equal(repo_key.public_key(), cert.public_key()):
         raise KeysError(f"{paths['key']} does not match {paths['crt']}")
-    master = _load_private(paths["masterkey"]) if paths["masterkey"].exists() else None
-    if master is not None and not _public_numbers_equal(master.public_key(), master_pub):
-        raise KeysError(f"{paths['masterkey']} does not match {paths['pub']}")
     return RepositoryKeys(
         fqrn=fqrn,
         repository_key=repo_key,
         certificate=cert,
         certificate_pem=cert_pem,
-        master_key=master,
         master_public_pem=pub_pem,
+        master_key_path=paths["masterkey"] if paths["masterkey"].exists() else None,
     )

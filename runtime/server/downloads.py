@@ -8,12 +8,14 @@ held its whole tree in memory (4 at once: 4.5 GB).
 - The tar is generated lazily in a worker thread and handed to the event loop in pieces of
   about :data:`PIECE_BYTES` (small members are coalesced; a large file's chunks pass as they
   are), so the number of hops follows the bytes, not the entries.
+- The entries come from the artifact's nested catalog, walked in the worker thread with one
+  SQLite cursor per directory level (:mod:`runtime.cvmfs.catalog_walk`, parents before
+  children): memory is constant in the entry count (the tree used to be held whole while
+  streaming, ~80 MiB per 100k entries).
 - :class:`DownloadSlots` admits a directory download only while the client has fewer than
   ``CVMFS_EPHEMERAL_MAX_DOWNLOADS_PER_CLIENT`` running (else 429) and the server fewer than
-  ``CVMFS_EPHEMERAL_MAX_DOWNLOADS`` whose entries together stay within
-  ``CVMFS_EPHEMERAL_MAX_DOWNLOAD_ENTRIES`` (else 503). The entry budget is what bounds memory
-  while the repository hands out a tree as a whole; an artifact larger than the budget is
-  still served when no other directory download runs.
+  ``CVMFS_EPHEMERAL_MAX_DOWNLOADS`` (else 503). ``CVMFS_EPHEMERAL_MAX_DOWNLOAD_ENTRIES`` is
+  still accepted but no longer limits anything: it bounded the memory of trees held whole.
 
 A slot is released when the stream ends, fails or the client goes away.
 """
@@ -32,9 +34,10 @@ from fastapi import HTTPException
 from starlette.responses import StreamingResponse
 
 from .. import tarstream
+from ..cvmfs import catalog_walk
 from ..cvmfs.catalog import Entry
-from ..cvmfs.objects import FILE, PARTIAL
-from ..repository import Repository
+from ..cvmfs.objects import CATALOG, FILE, PARTIAL
+from ..repository import MARKER_NAME, Repository
 
 #: Pieces handed from the tar thread to the event loop are about this large.
 PIECE_BYTES = 256 * 1024
@@ -160,6 +163,24 @@ def tar_pieces(repo: Repository, entries: Iterable[tuple[str, Entry]]) -> Iterat
         yield b"".join(pending)
 
 
+def artifact_entries(repo: Repository, name: str,
+                     catalog_hash: str) -> Iterator[tuple[str, Entry]]:
+    """The entries of directory artifact ``name`` (parents first) from its nested catalog
+    ``catalog_hash``, in constant memory. The catalog is opened here (a missing object raises
+    now, before any response); the returned iterator walks it and closes it at its end."""
+    repo.spill_dir.mkdir(parents=True, exist_ok=True)
+    conn = catalog_walk.open_inflated(repo.store.path(catalog_hash, CATALOG), repo.spill_dir)
+    top = f"/{name}"
+
+    def entries() -> Iterator[tuple[str, Entry]]:
+        try:
+            for entry in catalog_walk.walk(conn, top, frozenset({f"{top}/{MARKER_NAME}"})):
+                yield entry.path, entry
+        finally:
+            conn.close()
+    return entries()
+
+
 def sorted_entries(tree: dict[str, Entry]) -> Iterator[tuple[str, Entry]]:
     """A tree's entries in path order (parents before children), as the tar needs them."""
     for path in sorted(tree):
@@ -169,9 +190,11 @@ def sorted_entries(tree: dict[str, Entry]) -> Iterator[tuple[str, Entry]]:
 class DownloadSlots:
     """Admission for directory downloads: per client address, in number and in entries."""
 
-    def __init__(self, per_client: int, total: int, entry_budget: int):
+    def __init__(self, per_client: int, total: int, entry_budget: int | None = None):
         self.per_client = per_client
         self.total = total
+        #: accepted for compatibility (``CVMFS_EPHEMERAL_MAX_DOWNLOAD_ENTRIES``): a download's
+        #: memory no longer depends on its entries, so the budget limits nothing
         self.entry_budget = entry_budget
         self._lock = threading.Lock()
         self._clients: Counter[str] = Counter()
@@ -185,8 +208,7 @@ class DownloadSlots:
                 raise HTTPException(429, f"too many directory downloads from {client} at once "
                                          f"(limit {self.per_client}); retry later",
                                     headers={"Retry-After": "1"})
-            over_budget = self._running and self._entries + entries > self.entry_budget
-            if self._running >= self.total or over_budget:
+            if self._running >= self.total:
                 raise HTTPException(503, "the server is busy with other directory downloads; "
                                          "retry later", headers={"Retry-After": "1"})
             self._clients[client] += 1
@@ -232,6 +254,12 @@ async def stream(pieces: Iterator[bytes], slot: Slot | None = None) -> AsyncIter
     finally:
         if slot is not None:
             slot.release()
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            try:
+                close()  # the catalog walk's connection, now rather than at collection
+            except ValueError:
+                pass  # still running on its thread (cancelled): it is closed when collected
 
 
 class SlotResponse(StreamingResponse):
@@ -250,6 +278,7 @@ class SlotResponse(StreamingResponse):
                 self.slot.release()
 
 
-__all__ = ["SlotResponse", "DownloadSlots", "PIECE_BYTES", "Slot", "Unsatisfiable", "etag",
+__all__ = ["SlotResponse", "DownloadSlots", "PIECE_BYTES", "Slot", "Unsatisfiable",
+           "artifact_entries", "etag",
            "etag_matches", "file_content", "file_range", "parse_range", "sorted_entries",
            "stream", "tar_pieces"]

@@ -775,9 +775,19 @@ def router() -> APIRouter:
                                      "Content-Disposition": _disposition(leaf + ".tar")})
         slot = None
         if info.kind == "dir":
-            # admitted before the tree is read: the tree is what costs memory
             client = request.client.host if request.client else "?"
             slot = service.downloads.acquire(client, max(1, info.files))
+        if info.kind == "dir" and info.catalog_hash:
+            try:  # streamed from the nested catalog: constant memory whatever the entries
+                entries = await asyncio.to_thread(downloads.artifact_entries, repo, name,
+                                                  info.catalog_hash)
+            except BaseException:
+                slot.release()  # type: ignore[union-attr]
+                raise
+            return downloads.SlotResponse(
+                downloads.stream(downloads.tar_pieces(repo, entries), slot), slot,
+                media_type="application/x-tar",
+                headers={"Content-Disposition": _disposition(name + ".tar")})
         try:
             tree = await asyncio.to_thread(repo.artifact_tree, name)
         except BaseException as exc:
