@@ -219,6 +219,25 @@ def test_keep_last_removes_the_older_siblings_in_the_revision_of_the_upload(srv,
         rd.check()
 
 
+def test_keep_last_counts_only_the_siblings_of_the_same_parent_namespace(srv, c):
+    """``team-a/app/pr-3 keep_last=2`` prunes ``team-a/app`` only: not the deeper
+    ``team-a/app/old/x`` (a sub-namespace is no sibling), not ``team-a/lib/*``, not top-level
+    names; a namespace emptied by keep_last goes with its last artifact."""
+    for n in ("team-a/app/pr-1", "team-a/app/pr-2", "team-a/app/old/x", "team-a/lib/v1",
+              "team-a/lib/v2", "top"):
+        put(c, n)
+    r = put(c, "team-a/app/pr-3", keep_last="2")
+    assert r.json()["removed"] == ["team-a/app/pr-1"]
+    assert names(c) == ["team-a/app/old/x", "team-a/app/pr-2", "team-a/app/pr-3",
+                        "team-a/lib/v1", "team-a/lib/v2", "top"]
+    r = put(c, "team-a/lib/v3", keep_last="1")
+    assert r.json()["removed"] == ["team-a/lib/v1", "team-a/lib/v2"]
+    with reader(srv) as rd:
+        assert sorted(rd.listdir("team-a/lib")) == ["v3"]
+        assert sorted(rd.listdir("team-a/app")) == ["old", "pr-2", "pr-3"]
+        rd.check()
+
+
 def test_keep_last_counts_the_newest_by_publish_and_never_removes_the_upload(srv, c):
     for n in ("old", "mid"):
         put(c, n)
@@ -381,6 +400,25 @@ def test_an_upload_over_the_quota_is_413_with_quota_and_usage(quota_srv, qc):
     assert put(qc, "ns", b"w" * 1000, overwrite="true").json()["size"] == 1000
     # another repository has no quota
     assert qc.put(f"/repos/{OTHER}/ns", content=b"o" * 5000).status_code == 200
+
+
+def test_the_quota_sums_every_artifact_under_a_top_level_namespace(quota_srv, qc):
+    put(qc, "team/app/pr-1", b"x" * 400)
+    put(qc, "team/lib/v1", b"y" * 400)
+    r = qc.put(f"/repos/{FQRN}/team/app/pr-2", content=b"z" * 300)
+    assert r.status_code == 413
+    assert "namespace 'team'" in r.json()["detail"] and "800 are in use" in r.json()["detail"]
+    assert put(qc, "other/pr-2", b"z" * 300).status_code == 200  # its own namespace
+    usage = httpx.get(f"{quota_srv.url}/repos/{FQRN}/usage").json()
+    assert [(n["namespace"], n["bytes"], n["artifacts"]) for n in usage["namespaces"]] == [
+        ("other", 300, 1), ("team", 800, 2)]
+
+
+def test_the_top_level_name_usage_is_reserved_for_the_usage_route(quota_srv, qc):
+    r = qc.put(f"/repos/{FQRN}/usage", content=b"u")
+    assert r.status_code == 400 and "reserved" in r.json()["detail"]
+    put(qc, "ci/usage", b"u")  # below a namespace it is an ordinary name
+    assert httpx.get(f"{quota_srv.url}/repos/{FQRN}/ci/usage").content == b"u"
 
 
 def test_usage_reports_bytes_and_artifacts_per_namespace_publicly(quota_srv, qc):

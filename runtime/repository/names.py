@@ -64,6 +64,19 @@ def validate_name(name: str, *, what: str = "name") -> str:
 DEFAULT_MAX_NAME_DEPTH = 4
 
 
+#: Top-level names the upload API answers itself (``GET /repos/{repo}/usage``): an artifact so
+#: named could be published but never downloaded through the API, so uploads refuse it.
+ROUTE_NAMES = frozenset({"usage"})
+
+
+def refuse_route_name(name: str) -> str:
+    """``name`` unless it is one of :data:`ROUTE_NAMES` (an upload's new name)."""
+    if name in ROUTE_NAMES:
+        raise InvalidPath(f"invalid artifact name {name!r}: reserved for the route "
+                          f"GET /repos/{{repo}}/{name}; use a namespace such as 'ci/{name}'")
+    return name
+
+
 def validate_artifact_name(name: str, max_depth: int = DEFAULT_MAX_NAME_DEPTH) -> str:
     """An artifact name: 1 to ``max_depth`` segments joined by ``/``, each a valid name.
 

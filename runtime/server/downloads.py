@@ -165,17 +165,21 @@ def tar_pieces(repo: Repository, entries: Iterable[tuple[str, Entry]]) -> Iterat
 
 def artifact_entries(repo: Repository, name: str,
                      catalog_hash: str) -> Iterator[tuple[str, Entry]]:
-    """The entries of directory artifact ``name`` (parents first) from its nested catalog
-    ``catalog_hash``, in constant memory. The catalog is opened here (a missing object raises
-    now, before any response); the returned iterator walks it and closes it at its end."""
+    """The entries of directory artifact ``name`` (parents first, paths from its leaf: a deep
+    artifact's tar holds ``pr-123/...``) from its nested catalog ``catalog_hash``, in constant
+    memory. The catalog is opened here (a missing object raises now, before any response); the
+    returned iterator walks it and closes it at its end."""
     repo.spill_dir.mkdir(parents=True, exist_ok=True)
     conn = catalog_walk.open_inflated(repo.store.path(catalog_hash, CATALOG), repo.spill_dir)
     top = f"/{name}"
+    # members are named from the artifact's own directory (``pr-123/...``), as for a
+    # top-level artifact, whatever namespace holds it
+    cut = name.rfind("/") + 1
 
     def entries() -> Iterator[tuple[str, Entry]]:
         try:
             for entry in catalog_walk.walk(conn, top, frozenset({f"{top}/{MARKER_NAME}"})):
-                yield entry.path, entry
+                yield entry.path[cut:], entry
         finally:
             conn.close()
     return entries()

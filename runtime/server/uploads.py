@@ -41,7 +41,8 @@ from ..gateway.notifier import Notifier
 from ..repository import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInitialized,
                           PublishResult, QuotaExceeded, Repository, RepositoryError,
                           RepositoryLocked, Transaction, validate_artifact_name)
-from ..repository.names import child_namespaces, namespaces_of, parent_namespace
+from ..repository.names import (child_namespaces, namespaces_of, parent_namespace,
+                                refuse_route_name)
 from ..settings import Settings
 from . import digests, downloads, retention
 from .auth import Authorizer, Token
@@ -456,7 +457,7 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
     chunks = hashed.pieces()
     assert name is not None
     try:
-        validate_artifact_name(name, repo.max_name_depth)
+        refuse_route_name(validate_artifact_name(name, repo.max_name_depth))
         principal.authorize(fqrn, name=name)
         meta = metadata_from_headers(request.headers.raw)
         exists = await asyncio.to_thread(_name_conflict, repo, name)
@@ -787,7 +788,7 @@ def router() -> APIRouter:
             return downloads.SlotResponse(
                 downloads.stream(downloads.tar_pieces(repo, entries), slot), slot,
                 media_type="application/x-tar",
-                headers={"Content-Disposition": _disposition(name + ".tar")})
+                headers={"Content-Disposition": _disposition(leaf + ".tar")})
         try:
             tree = await asyncio.to_thread(repo.artifact_tree, name)
         except BaseException as exc:
@@ -890,7 +891,7 @@ def router() -> APIRouter:
             pinned = True if pinned is None else pinned
             change.fields["pinned"] = pinned
             try:
-                validate_artifact_name(name)
+                validate_artifact_name(name, repo.max_name_depth)
                 tx = repo.begin()
                 tx.set_pin(name, pinned)
                 result = await service.committers[fqrn].commit(tx)
