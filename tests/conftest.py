@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.cvmfs_reader import RepoReader
@@ -109,3 +110,26 @@ def reference_copy(tmp_path: Path) -> Iterator[Callable[[str], ReferenceRepo]]:
             url = stack.enter_context(serve_directory(root))
             return ReferenceRepo(fqrn, f"{url}/cvmfs/{fqrn}", public, REFERENCE_DIR / fqrn / "keys")
         yield make
+
+
+# -- the default live server ------------------------------------------------------------------
+
+
+@pytest.fixture
+def srv(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The real server on a loopback port with the default test settings (tests/uploadkit.py);
+    a test module that needs other settings defines its own ``srv``."""
+    from tests.live_server import live_server
+    from tests.uploadkit import settings
+
+    with live_server(settings(tmp_path)) as server:
+        yield server
+
+
+@pytest.fixture
+def client(srv) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    """An HTTP client of ``srv`` carrying the test upload token."""
+    from tests.uploadkit import auth
+
+    with httpx.Client(base_url=srv.url, headers=auth(), timeout=60) as c:
+        yield c

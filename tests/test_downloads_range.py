@@ -17,12 +17,6 @@ URL = f"/repos/{FQRN}/blob.bin"
 
 
 @pytest.fixture
-def srv(tmp_path):
-    with live_server(settings(tmp_path)) as server:
-        yield server
-
-
-@pytest.fixture
 def client(srv):
     with httpx.Client(base_url=srv.url, headers=auth(), timeout=60) as c:
         assert c.put(URL, content=DATA).status_code == 200

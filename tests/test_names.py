@@ -39,18 +39,6 @@ from tests.uploadkit import FQRN, TOKEN, auth, make_tar, settings, snapshot
 F_DIR, F_MOUNTPOINT = 1, 2
 
 
-@pytest.fixture
-def srv(tmp_path):
-    with live_server(settings(tmp_path)) as server:
-        yield server
-
-
-@pytest.fixture
-def client(srv):
-    with httpx.Client(base_url=srv.url, headers=auth(), timeout=60) as c:
-        yield c
-
-
 def repo_of(srv):  # type: ignore[no-untyped-def]
     return srv.repositories[FQRN]
 

@@ -182,12 +182,6 @@ def test_serve_stops_at_start_on_a_bad_retention_setting(tmp_path):
 
 
 @pytest.fixture
-def srv(tmp_path):
-    with live_server(settings(tmp_path)) as server:
-        yield server
-
-
-@pytest.fixture
 def c(srv):
     with httpx.Client(base_url=srv.url, headers=auth(), timeout=60) as client:
         yield client

@@ -12,21 +12,9 @@ import httpx
 import pytest
 
 from tests.cvmfs_reader import RepoReader
-from tests.live_server import LiveServer, live_server
+from tests.live_server import live_server
 from tests.uploadkit import (FQRN, OTHER, SCOPED, TOKEN, auth, leftovers, make_tar, settings,
                              snapshot)
-
-
-@pytest.fixture
-def srv(tmp_path):
-    with live_server(settings(tmp_path)) as server:
-        yield server
-
-
-@pytest.fixture
-def client(srv):
-    with httpx.Client(base_url=srv.url, headers=auth(), timeout=60) as c:
-        yield c
 
 
 def repo_of(srv, fqrn=FQRN):  # type: ignore[no-untyped-def]

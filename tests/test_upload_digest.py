@@ -6,29 +6,15 @@ from __future__ import annotations
 import base64
 import hashlib
 
-import httpx
 import pytest
 
-from tests.live_server import live_server
-from tests.uploadkit import FQRN, auth, settings, snapshot
+from tests.uploadkit import FQRN, snapshot
 
 DATA = bytes(range(256)) * 1000  # 256000 bytes: several 64 KiB chunks
 
 
 def content_digest(data: bytes) -> str:
     return f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
-
-
-@pytest.fixture
-def srv(tmp_path):
-    with live_server(settings(tmp_path)) as server:
-        yield server
-
-
-@pytest.fixture
-def client(srv):
-    with httpx.Client(base_url=srv.url, headers=auth(), timeout=60) as c:
-        yield c
 
 
 def test_matching_header_publishes_and_answers_the_sha256(client):

@@ -17,18 +17,6 @@ def expires_in_s(answer: dict) -> float:
     return at.timestamp() - dt.datetime.now(dt.timezone.utc).timestamp()
 
 
-@pytest.fixture
-def srv(tmp_path):
-    with live_server(settings(tmp_path)) as server:
-        yield server
-
-
-@pytest.fixture
-def client(srv):
-    with httpx.Client(base_url=srv.url, headers=auth(), timeout=60) as c:
-        yield c
-
-
 @pytest.mark.parametrize("expire_in, seconds", [
     ("30 mins", 1800), ("2 hrs 20 min", 8400), ("1 week", 604800), ("3 days", 259200),
     ("1h", 3600), ("1.5 hours", 5400), ("90", 90),
