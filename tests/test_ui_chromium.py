@@ -3,7 +3,7 @@
 Chromium loads the pages from a live server over loopback with the page's own CSP in force;
 ``--dump-dom`` gives the DOM after rendering, ``--screenshot`` writes what a person would see
 at a desktop and a phone size. The screenshots land in the test's output directory (printed);
-docs/screenshots/ holds copies of two of them.
+docs/screenshots/ holds copies of three of them.
 """
 
 from __future__ import annotations
@@ -82,7 +82,14 @@ def test_the_rendered_artifact_page_shows_its_files_and_the_client_config(served
 def test_screenshots_of_the_tree_and_the_artifact_page(served, profile, tmp_path):
     out = tmp_path / "screenshots"
     out.mkdir()
+    with httpx.Client(base_url=served.url, headers=auth(), timeout=30) as c:
+        for name in ("team-a/app/pr-123", "team-a/app/pr-124", "team-a/lib/main"):
+            r = c.put(f"/repos/{FQRN}/{name}", content=b"built\n" * 100,
+                      params={"expire_in": "1 week"},
+                      headers={"X-Artifact-Meta-Branch": name.rpartition("/")[2]})
+            assert r.status_code == 200, r.text
     pages = {"repository": f"{served.url}/ui/repos/{FQRN}/",
+             "namespace": f"{served.url}/ui/repos/{FQRN}/ns/team-a/app/",
              "artifact": f"{served.url}/ui/repos/{FQRN}/artifacts/build-42"}
     for label, url in pages.items():
         for device, size in (("desktop", DESKTOP), ("phone", PHONE)):
