@@ -348,6 +348,9 @@ class LimitsSpec(_Model):
     max_artifact_bytes: int = Field(4 * 1024**3, gt=0)
     default_ttl_s: int = Field(7200, gt=0)
     max_ttl_s: int = Field(30 * 24 * 3600, gt=0)
+    #: Segments an artifact name may have (``team-a/app/pr-123`` is 3). Unset: the runtime's
+    #: default (4), and the upload container's environment stays as it was.
+    max_name_depth: Optional[int] = Field(None, ge=1, le=32)
 
     @model_validator(mode="after")
     def _order(self) -> "LimitsSpec":

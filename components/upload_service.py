@@ -77,6 +77,7 @@ class UploadService(pulumi.ComponentResource):
                 max_artifact_bytes=config.limits.max_artifact_bytes,
                 default_ttl_s=config.limits.default_ttl_s,
                 max_ttl_s=config.limits.max_ttl_s,
+                max_name_depth=config.limits.max_name_depth,
                 gc_grace_s=config.signing.gc_grace_s,
                 whitelist_validity_days=config.signing.whitelist_validity_days,
                 resign_below_days=config.signing.resign_below_days,
