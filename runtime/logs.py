@@ -99,6 +99,20 @@ def _human(value: Any) -> str:
     return json.dumps(text) if (not text or any(c in text for c in " \"=\n")) else text
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when logging was set
+    up: a runner that swaps stderr for a while (a CLI test runner, a capturing test harness)
+    and then closes its stand-in never leaves the process logging into a closed file."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup(level: str = "info", fmt: str = "human", stream: Any = None) -> None:
     """Configure the root logger (idempotent: a second call replaces our handler).
 
@@ -110,7 +124,7 @@ def setup(level: str = "info", fmt: str = "human", stream: Any = None) -> None:
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
             root.removeHandler(handler)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
