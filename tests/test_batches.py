@@ -69,3 +69,17 @@ def test_errors_in_the_helper_reach_the_caller(tmp_path, threads):
                 if hashlib.sha1(b"n%d" % i).hexdigest().startswith("ab"))
     with pytest.raises(OSError):
         BatchWriter(store, False, threads).submit([blob], list).result(30)
+
+
+def test_at_least_two_helpers_share_the_object_creation(tmp_path, threads):
+    """Creating object files is kernel time that one core alone cannot keep up with (ext4's
+    inode search right after a deletion nearby): even on two cores, two helpers share it."""
+    assert batches.start_helpers()
+    store = store_in(tmp_path)
+    writer = BatchWriter(store, False, threads)
+    futures = [writer.submit([b"batch %d file %d" % (b, i) for i in range(100)], list)
+               for b in range(8)]
+    for fut in futures:
+        stored = fut.result(30)
+        assert len(stored) == 100 and all(store.path(h).stat().st_size == n for h, n in stored)
+    assert len(batches.helper_pids()) >= 2 and os.getpid() not in batches.helper_pids()
