@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -41,54 +40,29 @@ from typing import Iterator
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.serverproc import ServeProcess  # noqa: E402
 FQRN = "bench.example.org"
 STALLED = "stalled.example.org"
 TOKEN = "bench-token"
 MiB = 1024 * 1024
 
 
-class Server:
+class Server(ServeProcess):
+    """The server as its own process (its RSS alone): FQRN and the STALLED repository."""
+
     def __init__(self, workdir: Path):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ,
-               "CVMFS_EPHEMERAL_DATA_DIR": str(workdir / "data"),
-               "CVMFS_EPHEMERAL_KEYS_DIR": str(workdir / "keys"),
-               "CVMFS_EPHEMERAL_REPOSITORIES": f"{FQRN},{STALLED}",
-               "CVMFS_EPHEMERAL_TOKENS": TOKEN, "CVMFS_EPHEMERAL_SCHEDULER": "false",
-               "CVMFS_EPHEMERAL_PORT": str(self.port), "CVMFS_EPHEMERAL_LOG_LEVEL": "warning"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve"], cwd=ROOT,
-                                     env=env, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.1)
+        super().__init__({"CVMFS_EPHEMERAL_DATA_DIR": str(workdir / "data"),
+                          "CVMFS_EPHEMERAL_KEYS_DIR": str(workdir / "keys"),
+                          "CVMFS_EPHEMERAL_REPOSITORIES": f"{FQRN},{STALLED}",
+                          "CVMFS_EPHEMERAL_TOKENS": TOKEN})
 
-    def status(self, key: str) -> int:
-        """A ``/proc/<pid>/status`` value in bytes (VmRSS, VmHWM)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
-    def reset_peak(self) -> None:
-        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+    def reset_peak(self) -> bool:
+        """The peaks this bench reports need the reset: refuse to go on without it."""
+        if not super().reset_peak():
+            raise RuntimeError(f"cannot reset VmHWM of pid {self.pid} (clear_refs)")
+        return True
 
 
 # --- hostile archives -------------------------------------------------------------------------

@@ -31,7 +31,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.baselines import default_dir, direct_write, load, spread, tar_extract_sync  # noqa: E402
+from tests.serverproc import ServeProcess  # noqa: E402
 FQRN = "bench.example.org"
 TOKEN = "bench-token"
 MiB = 1024 * 1024
@@ -66,57 +66,20 @@ def payload(total: int, seed: int) -> "iter[bytes]":
         n += 1
 
 
-class Server:
+class Server(ServeProcess):
+    """The server as its own process (its RSS alone), its stdout shown like the bench's."""
+
     #: The repository's ``compression`` (``--compression``).
     compression = "none"
 
     def __init__(self, workdir: Path):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ,
-               "CVMFS_EPHEMERAL_DATA_DIR": str(workdir / "data"),
-               "CVMFS_EPHEMERAL_KEYS_DIR": str(workdir / "keys"),
-               "CVMFS_EPHEMERAL_REPOSITORIES": json.dumps([{"fqrn": FQRN,
-                                                                    "compression": self.compression}]),
-               "CVMFS_EPHEMERAL_TOKENS": TOKEN, "CVMFS_EPHEMERAL_SCHEDULER": "false",
-               "CVMFS_EPHEMERAL_PORT": str(self.port), "CVMFS_EPHEMERAL_LOG_LEVEL": "warning",
-               "CVMFS_EPHEMERAL_MAX_ARTIFACT_BYTES": str(5 * 1024**3)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve"], cwd=ROOT,
-                                     env=env)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("server did not start")
-            time.sleep(0.1)
-
-    def status(self, key: str) -> int:
-        """A ``/proc/<pid>/status`` value in bytes (VmRSS, VmHWM)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
-    def reset_peak(self) -> bool:
-        try:
-            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
-            return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__({"CVMFS_EPHEMERAL_DATA_DIR": str(workdir / "data"),
+                          "CVMFS_EPHEMERAL_KEYS_DIR": str(workdir / "keys"),
+                          "CVMFS_EPHEMERAL_REPOSITORIES": json.dumps(
+                              [{"fqrn": FQRN, "compression": self.compression}]),
+                          "CVMFS_EPHEMERAL_TOKENS": TOKEN,
+                          "CVMFS_EPHEMERAL_MAX_ARTIFACT_BYTES": str(5 * 1024**3)},
+                         stdout=None)
 
 
 CURL = shutil.which("curl")

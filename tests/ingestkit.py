@@ -3,13 +3,8 @@ the real server, and what a refused upload must leave untouched."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import tarfile as _tarfile
-import time
 import zlib as _zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +13,7 @@ from typing import Iterator
 import httpx
 
 from runtime.repository import Repository
+from tests.serverproc import ServeProcess
 from tests.uploadkit import FQRN, OTHER, TOKEN, leftovers, shared_keys
 
 
@@ -63,58 +59,16 @@ def assert_refused(resp: httpx.Response, status: int, message: str) -> None:
 # --- the server as its own process (RSS of the server alone; SIGKILL) ------------------------
 
 
-class ServerProcess:
-    """``python -m runtime serve`` on a loopback port, configured like the tests' servers."""
+class ServerProcess(ServeProcess):
+    """``python -m runtime serve`` on a loopback port, configured like the tests' servers
+    (its output in ``tmp/server.log``)."""
 
     def __init__(self, tmp: Path, **env: str):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ,
-                    "CVMFS_EPHEMERAL_DATA_DIR": str(tmp / "data"),
-                    "CVMFS_EPHEMERAL_KEYS_DIR": str(shared_keys(tmp / "keys")),
-                    "CVMFS_EPHEMERAL_REPOSITORIES": f"{FQRN},{OTHER}",
-                    "CVMFS_EPHEMERAL_PORT": str(self.port),
-                    "CVMFS_EPHEMERAL_TOKENS": TOKEN,
-                    "CVMFS_EPHEMERAL_SCHEDULER": "false",
-                    "CVMFS_EPHEMERAL_LOG_LEVEL": "warning", **env}
-        self.log = open(tmp / "server.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve"], env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server process did not start: "
-                                   + (tmp / "server.log").read_text()[-2000:])
-            time.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def status(self, field: str) -> int:
-        """A ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(field)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        super().__init__({"CVMFS_EPHEMERAL_DATA_DIR": str(tmp / "data"),
+                          "CVMFS_EPHEMERAL_KEYS_DIR": str(shared_keys(tmp / "keys")),
+                          "CVMFS_EPHEMERAL_REPOSITORIES": f"{FQRN},{OTHER}",
+                          "CVMFS_EPHEMERAL_TOKENS": TOKEN, **env},
+                         log=tmp / "server.log")
 
 
 @contextmanager
