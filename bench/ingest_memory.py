@@ -23,13 +23,11 @@ from runtime.ingest import stage_archive  # noqa: E402
 from runtime.repository import Repository  # noqa: E402
 from runtime.settings import RepositoryConfig  # noqa: E402
 from tests.ingestkit import empty_files_tar  # noqa: E402
+from tests.serverproc import proc_status  # noqa: E402
 
 
 def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return proc_status("VmHWM") / 2**20
 
 
 class _Chunks(io.RawIOBase):

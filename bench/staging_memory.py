@@ -22,13 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.repository import Repository, split_path  # noqa: E402
 from runtime.settings import RepositoryConfig  # noqa: E402
+from tests.serverproc import proc_status  # noqa: E402
 
 
 def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return proc_status("VmHWM") / 2**20
 
 
 def main() -> None:

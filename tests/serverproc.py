@@ -21,6 +21,14 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def proc_status(field: str, pid: int | str = "self") -> int:
+    """A ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(f"no {field} in /proc/{pid}/status")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -69,11 +77,8 @@ class ServeProcess:
         return self.proc.pid
 
     def status(self, field: str) -> int:
-        """A ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(field)
+        """The server's ``/proc/<pid>/status`` figure in bytes (VmRSS, VmHWM)."""
+        return proc_status(field, self.pid)
 
     def reset_peak(self) -> bool:
         """Reset VmHWM to the current RSS (``clear_refs`` 5); False where the kernel refuses."""
