@@ -148,16 +148,6 @@ def validate_prefix(prefix: str, max_depth: int = DEFAULT_MAX_NAME_DEPTH) -> str
     return validate_artifact_name(prefix[:-1] if prefix.endswith("/") else prefix, max_depth)
 
 
-def parent_namespace(name: str) -> str:
-    """'team-a/app' for 'team-a/app/pr-123'; '' for a top-level name."""
-    return name.rpartition("/")[0]
-
-
-def top_namespace(name: str) -> str:
-    """'team-a' for 'team-a/app/pr-123'; the name itself for a top-level name."""
-    return name.partition("/")[0]
-
-
 def validate_symlink_target(target: str, where: str) -> str:
     """A symlink target the catalog's TEXT column and the client can hold."""
     if not isinstance(target, str) or not target or "\0" in target:
