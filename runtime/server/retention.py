@@ -24,7 +24,7 @@ happened, after it all of them did. A pin change alone is one SQLite transaction
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from fastapi import HTTPException
 
@@ -124,20 +124,23 @@ def usage(artifacts: Iterable[ArtifactInfo]) -> dict[str, NamespaceUsage]:
 
 
 def precheck_quota(rules: Lifetimes, fqrn: str, name: str, incoming: int,
-                   artifacts: Iterable[ArtifactInfo]) -> "QuotaRoom | None":
+                   artifacts_under: Callable[[str], Iterable[ArtifactInfo]]
+                   ) -> "QuotaRoom | None":
     """Refuse (:class:`QuotaExceeded`, 413) before staging when ``incoming`` bytes replacing
     ``name`` cannot fit its top-level namespace's quota (the commit checks again). Returns
-    what is left, to refuse a file mid-stream once it outgrows it; None without a quota."""
+    what is left, to refuse a file mid-stream once it outgrows it; None without a quota.
+
+    ``artifacts_under(top)`` lists that namespace's artifacts (a prefix listing), called only
+    where a quota applies: an upload without one reads nothing."""
     quota = rules.quota_bytes
     if quota is None:
         return None
     top = top_namespace(name)
     used = replaced = 0
-    for a in artifacts:
-        if top_namespace(a.name) == top:
-            used += a.size
-            if a.name == name:
-                replaced = a.size
+    for a in artifacts_under(top):
+        used += a.size
+        if a.name == name:
+            replaced = a.size
     room = QuotaRoom(fqrn, top, quota, used, used - replaced)
     room.check(incoming)
     return room

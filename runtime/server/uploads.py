@@ -32,7 +32,7 @@ from fastapi import APIRouter, HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 from python_multipart.exceptions import MultipartParseError
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from .responses import JSONResponse
 
 from .. import logs
@@ -45,7 +45,7 @@ from ..repository.names import (child_namespaces, namespaces_of, parent_namespac
                                 refuse_route_name)
 from ..settings import Settings
 from . import digests, downloads, retention
-from .auth import Authorizer, Token
+from .auth import Authorizer
 from .bodytimeout import BodyIdleTimeout
 from .committer import GroupCommitter
 from .downloads import DownloadSlots
@@ -467,9 +467,10 @@ async def _upload(service: UploadService, request: Request, record: dict[str, An
             raise ArtifactExists(f"artifact {name!r} already exists in {fqrn}; "
                                  "pass overwrite=true to replace it")
         # a file's size is known before staging (Content-Length), and its bytes as they come
-        room = None if unpack else retention.precheck_quota(
-            service.settings.lifetimes(fqrn), fqrn, name,
-            0 if declared is None else max(0, declared - slack), repo.artifacts())
+        room = None if unpack else await asyncio.to_thread(
+            retention.precheck_quota, service.settings.lifetimes(fqrn), fqrn, name,
+            0 if declared is None else max(0, declared - slack),
+            lambda top: repo.artifacts(prefix=top))
     except (RepositoryError, InvalidMetadata) as exc:
         await _drain(raw_stream, DRAIN_LIMIT)
         service.metrics.uploads.labels(fqrn, "refused").inc()
