@@ -16,7 +16,6 @@ Usage: ``python bench/deflate.py [--size-mib 1024] [--repeat 5] [--workdir DIR]`
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys

@@ -9,8 +9,6 @@ import queue
 import shutil
 import socket
 import threading
-import time
-from pathlib import Path
 
 import httpx
 import pytest

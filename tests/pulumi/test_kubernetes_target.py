@@ -7,7 +7,7 @@ import kubernetes_validate
 import pytest
 
 from components.image import image_tag
-from conftest import ADMIN_TOKEN, FQRN, SCOPED_TOKEN, UPLOAD_TOKEN, kubernetes_config
+from conftest import ADMIN_TOKEN, FQRN, kubernetes_config
 from harness import fake_digest, run_program
 from test_identity import EXPECTED_TOKENS_FILE
 
