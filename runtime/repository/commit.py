@@ -261,8 +261,7 @@ class Commit:
     # -- retention: keep_last and quotas, decided on the replayed state -------------------
     def present(self, work: dict[str, Tree | None]) -> list[str]:
         """Names of the artifacts that exist once ``work`` is applied."""
-        return [n for n in set(self.arts) | set(work)
-                if (work[n] is not None if n in work else True)]
+        return [n for n in set(self.arts) | set(work) if self.live(work, n)]
 
     def pinned(self, name: str, tx: "Transaction") -> bool:
         if name in tx.pins:
@@ -306,17 +305,19 @@ class Commit:
         """Refuse ``tx`` (413) when a top-level namespace it uploads into would hold more
         than the repository's quota once it is applied. Runs under the writer lock on the
         replayed state, so two uploads racing for the last bytes cannot both fit."""
-        quota = getattr(self.repo.config, "quota_bytes", None)
+        quota = self.repo.config.quota_bytes
         if quota is None or not tx.staged:
             return
-        names = self.present(work)
+
+        def used(state: dict[str, Tree | None], top: str) -> int:
+            return sum(self.tree_size(n, state) for n in self.present(state)
+                       if top_namespace(n) == top)
+
         for top in sorted({top_namespace(n) for n in tx.staged}):
-            members = [n for n in names if top_namespace(n) == top]
-            after = sum(self.tree_size(n, work) for n in members)
+            after = used(work, top)
             if after <= quota:
                 continue
-            before = sum(self.tree_size(n, self.work) for n in set(self.arts) | set(self.work)
-                         if top_namespace(n) == top and (self.work.get(n, True) is not None))
+            before = used(self.work, top)
             raise QuotaExceeded(
                 f"quota exceeded: namespace {top!r} of {self.repo.fqrn} may hold {quota} bytes"
                 f", {before} are in use and this upload would make it {after}; nothing was "
