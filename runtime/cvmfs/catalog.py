@@ -339,6 +339,19 @@ def _open_bytes(data: bytes) -> sqlite3.Connection:
     return conn
 
 
+def row_entry(path: str, hardlinks: int, digest: bytes | None, size: int, mode: int,
+              mtime: int, flags: int, symlink: str | None, uid: int, gid: int,
+              xattr: bytes | None, *, chunks: tuple[Chunk, ...] = ()) -> Entry:
+    """The :class:`Entry` a catalog row holds (columns ``hardlinks`` … ``flags``, then
+    ``symlink`` … ``xattr``, as the ``catalog`` table orders them), at ``path``."""
+    return Entry(path=path, mode=mode, mtime=mtime, size=size,
+                 digest=bytes(digest) if digest is not None else None, chunks=chunks,
+                 symlink=symlink or "", compressed=not flags & FLAG_COMPRESSION_NONE,
+                 uid=uid, gid=gid, hidden=bool(flags & FLAG_HIDDEN),
+                 xattr=bytes(xattr) if xattr is not None else None,
+                 linkcount=(hardlinks & 0xFFFFFFFF) if flags & FLAG_NESTED_MOUNTPOINT else None)
+
+
 def read_catalog(data: bytes) -> CatalogContent:
     """Parse an uncompressed catalog back into entries with full paths.
 
@@ -379,16 +392,8 @@ def read_catalog(data: bytes) -> CatalogContent:
                 rest.append(r)
                 continue
             paths[key] = path
-            flags = r[9]
-            entries_by_key[key] = Entry(
-                path=path, mode=r[7], mtime=r[8], size=r[6],
-                digest=bytes(r[5]) if r[5] is not None else None,
-                chunks=tuple(chunks.get(key, ())), symlink=r[11] or "",
-                compressed=not (flags & FLAG_COMPRESSION_NONE), uid=r[12], gid=r[13],
-                hidden=bool(flags & FLAG_HIDDEN),
-                xattr=bytes(r[14]) if r[14] is not None else None,
-                linkcount=(r[4] & 0xFFFFFFFF) if flags & FLAG_NESTED_MOUNTPOINT else None,
-            )
+            entries_by_key[key] = row_entry(path, *r[4:10], *r[11:15],
+                                            chunks=tuple(chunks.get(key, ())))
         if len(rest) == len(pending):
             raise ValueError("catalog has rows whose parent is not in the catalog")
         pending = rest

@@ -22,8 +22,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
-from .catalog import (FLAG_CHUNKED, FLAG_COMPRESSION_NONE, FLAG_HIDDEN, FLAG_NESTED_MOUNTPOINT,
-                      Entry, md5_pair)
+from .catalog import FLAG_CHUNKED, Entry, md5_pair, row_entry
 from .chunking import Chunk
 
 #: Bytes of compressed catalog inflated at a time.
@@ -57,16 +56,11 @@ def open_inflated(compressed_path: str | Path, tmp_dir: str | Path) -> sqlite3.C
 
 
 def _entry(path: str, row: tuple, conn: sqlite3.Connection) -> Entry:
-    m1, m2, hardlinks, digest, size, mode, mtime, flags, _name, symlink, uid, gid, xattr = row
+    m1, m2, *columns = row  # hardlinks … flags, name, symlink … xattr
     chunks: tuple[Chunk, ...] = ()
-    if flags & FLAG_CHUNKED:
+    if columns[5] & FLAG_CHUNKED:
         chunks = tuple(Chunk(off, n, bytes(h)) for off, n, h in conn.execute(_CHUNKS, (m1, m2)))
-    return Entry(path=path, mode=mode, mtime=mtime, size=size,
-                 digest=bytes(digest) if digest is not None else None, chunks=chunks,
-                 symlink=symlink or "", compressed=not flags & FLAG_COMPRESSION_NONE,
-                 uid=uid, gid=gid, hidden=bool(flags & FLAG_HIDDEN),
-                 xattr=bytes(xattr) if xattr is not None else None,
-                 linkcount=(hardlinks & 0xFFFFFFFF) if flags & FLAG_NESTED_MOUNTPOINT else None)
+    return row_entry(path, *columns[:6], *columns[7:], chunks=chunks)
 
 
 def walk(conn: sqlite3.Connection, root_path: str,
