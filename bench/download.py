@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import io
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.repository import Repository  # noqa: E402
 from runtime.server import downloads  # noqa: E402
+from tests.serverproc import free_port  # noqa: E402
 from runtime.settings import RepositoryConfig  # noqa: E402
 
 FQRN = "bench.example.org"
@@ -53,12 +53,6 @@ def make_tar(entries: int) -> bytes:
             info.mtime = 1704067200
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
+from tests.serverproc import free_port  # noqa: E402
 
 from runtime.cvmfs import keys as keys_mod  # noqa: E402
 from runtime.cvmfs import manifest as manifest_mod  # noqa: E402
@@ -174,12 +175,6 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds the process has used (load-independent cost)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_gateway(work: Path, port: int) -> subprocess.Popen:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.cvmfs_reader import RepoReader, compare_with_directory
+from tests.serverproc import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FQRN = "cli.example.org"
@@ -26,12 +26,6 @@ def run(*args: str, env: dict | None = None, check: bool = True) -> subprocess.C
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
     return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

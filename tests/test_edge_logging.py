@@ -19,15 +19,10 @@ import httpx
 import pytest
 
 from tests.uploadkit import FQRN, TOKEN, auth, shared_keys
+from tests.serverproc import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_QUERY = "s3cr3t-in-query"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Serve:
