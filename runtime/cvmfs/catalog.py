@@ -63,10 +63,16 @@ COUNTER_NAMES = (
 DIR_SIZE = 4096
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def md5_pair(path: str) -> tuple[int, int]:
+_MD5_PAIR = struct.Struct("<qq")
+
+
+def path_md5_pair(path: str) -> tuple[int, int]:
     """MD5 of a full path split into two little-endian signed int64 ("File catalogs")."""
-    return struct.unpack("<qq", hashlib.md5(path.encode("utf-8")).digest())
+    return _MD5_PAIR.unpack(hashlib.md5(path.encode("utf-8")).digest())
+
+
+#: The same, remembered: directories are the parents of many rows.
+md5_pair = functools.lru_cache(maxsize=1 << 16)(path_md5_pair)
 
 
 def parent_path(path: str) -> str:
@@ -149,6 +155,8 @@ class Counters:
 class BuiltCatalog:
     data: bytes  # the uncompressed SQLite file
     counters: Counters
+    #: directory path -> number of its subdirectories in this catalog (link counts)
+    subdirs: dict[str, int] = field(default_factory=dict)
 
 
 def catalog_row(e: Entry, count: dict[str, int], subdir_linkcount: int,
@@ -159,7 +167,7 @@ def catalog_row(e: Entry, count: dict[str, int], subdir_linkcount: int,
     its own. One pass with the entry kind taken once: this runs for every file of an upload.
     """
     path = e.path
-    md5_1, md5_2 = md5_pair(path)
+    md5_1, md5_2 = path_md5_pair(path)  # a file's own path is looked up once: not remembered
     parent = md5_pair(path[: path.rfind("/")]) if path else (0, 0)
     kind = stat.S_IFMT(e.mode)
     if kind == stat.S_IFDIR:
@@ -216,19 +224,11 @@ def build_catalog(
     entries = list(entries)
     nested = sorted(nested, key=lambda n: n.path)
     nested_paths = {n.path for n in nested}
-    by_path = {e.path: e for e in entries}
-    if root_path not in by_path or not by_path[root_path].is_dir:
+    dirs = {e.path for e in entries if e.mode & _IFMT == stat.S_IFDIR}
+    if root_path not in dirs:
         raise ValueError(f"catalog root entry {root_path!r} missing or not a directory")
-    subdirs: dict[str, int] = {}
-    for e in entries:
-        if e.path != root_path:
-            parent = parent_path(e.path)
-            if parent not in by_path:
-                raise ValueError(f"entry {e.path!r} has no parent directory in the catalog")
-            if parent in nested_paths:
-                raise ValueError(f"entry {e.path!r} lies below nested mountpoint {parent!r}")
-            if e.is_dir:
-                subdirs[parent] = subdirs.get(parent, 0) + 1
+    subdirs = _check_parents(entries, root_path, dirs, nested_paths)
+    by_path = {e.path: e for e in entries} if nested_paths else {}
     for path in nested_paths:
         if path not in by_path or not by_path[path].is_dir:
             raise ValueError(f"nested catalog {path!r} has no directory entry")
@@ -236,11 +236,12 @@ def build_catalog(
     counters = Counters()
     rows, chunk_rows = [], []
     count = counters.self
+    extras = dict.fromkeys(nested_paths, FLAG_NESTED_MOUNTPOINT)
+    if root_path != "":
+        extras[root_path] = extras.get(root_path, 0) | FLAG_NESTED_ROOT
     for e in entries:
         path = e.path
-        extra = (FLAG_NESTED_MOUNTPOINT if path in nested_paths else 0) | (
-            FLAG_NESTED_ROOT if path == root_path and root_path != "" else 0)
-        row = catalog_row(e, count, 2 + subdirs.get(path, 0), extra)
+        row = catalog_row(e, count, 2 + subdirs.get(path, 0), extras.get(path, 0))
         rows.append(row)
         for c in e.chunks:
             chunk_rows.append((row[0], row[1], c.offset, c.size, c.digest))
@@ -265,7 +266,32 @@ def build_catalog(
         data = conn.serialize()
     finally:
         conn.close()
-    return BuiltCatalog(bytes(data), counters)
+    return BuiltCatalog(bytes(data), counters, subdirs)
+
+
+_IFMT = 0o170000
+
+
+def _check_parents(entries: list[Entry], root_path: str, dirs: set[str],
+                   nested_paths: set[str]) -> dict[str, int]:
+    """Every entry but the root lies in a directory of this catalog, none below a nested
+    mountpoint; returns the number of subdirectories of each directory.
+
+    One pass with the parent cut out once per entry: this runs for every file of a publish.
+    """
+    subdirs: dict[str, int] = {}
+    for e in entries:
+        path = e.path
+        if path == root_path:
+            continue
+        parent = path[:path.rfind("/")]
+        if parent not in dirs:
+            raise ValueError(f"entry {path!r} has no parent directory in the catalog")
+        if parent in nested_paths:
+            raise ValueError(f"entry {path!r} lies below nested mountpoint {parent!r}")
+        if e.mode & _IFMT == stat.S_IFDIR:
+            subdirs[parent] = subdirs.get(parent, 0) + 1
+    return subdirs
 
 
 def write_nested_catalog(path: str, entries: Iterable[tuple[Entry, int]], *, root_path: str,

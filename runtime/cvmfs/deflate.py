@@ -20,9 +20,8 @@ ISA-L 3     7.6-11.7x        +7.7 to +13.4 % (over the 10 % size bound on source
 ISA-L 1/2   12-17x           +9.5 to +20.6 %
 ==========  ===============  ==========================
 
-Catalogs, histories and the certificate are *not* compressed here: they stay on stock zlib at
-level 6 (:func:`runtime.cvmfs.objects.compress`), byte-identical to what ``cvmfs_server`` writes,
-which the reference-catalog tests rely on. Object names depend on the compressor's output, so
+Catalogs, histories and the certificate go through the same backend at level 4
+(:func:`runtime.cvmfs.objects.compress`). Object names depend on the compressor's output, so
 the library is pinned; a different version or level only changes the names of newly written
 objects, never what a client reads.
 """
@@ -47,6 +46,11 @@ MIN_LEVEL, MAX_LEVEL = 1, 9
 def compress(data: bytes, level: int = DEFAULT_LEVEL, backend: ModuleType | None = None) -> bytes:
     """A standard zlib stream of ``data`` (what clients inflate), from the fast backend."""
     return (backend or _backend).compress(data, level)
+
+
+def compressobj(level: int = DEFAULT_LEVEL, backend: ModuleType | None = None) -> "zlib._Compress":
+    """A streaming compressor of the fast backend (what :func:`compress` makes, fed in pieces)."""
+    return (backend or _backend).compressobj(level)
 
 
 def compress_pieces(pieces: "list[bytes] | tuple[bytes, ...]", level: int = DEFAULT_LEVEL,

@@ -17,7 +17,7 @@ from typing import Callable
 from ..cvmfs.chunking import READ_BLOCK, FileContent
 from ..repository import Transaction
 from .errors import ArtifactTooLarge
-from .tar import member_data, read_exact
+from .tar import member_data, read_exact, read_small_member
 
 #: Bytes of small files whose storing may be in flight at once (memory bound while unpacking).
 MAX_PENDING_BYTES = 64 * 1024 * 1024
@@ -103,15 +103,15 @@ class ContentStore:
         """Store one regular member; a small one's content is known after its batch settles."""
         size = info.size
         self._count(size)
-        src = member_data(tar, info)
         if size <= self._small:
             item = Stored()
-            self._batch.append(read_exact(src, size, info.name))
+            self._batch.append(read_small_member(tar, info))
             self._items.append(item)
             self._batch_bytes += size
             if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
                 self._submit()
             return item
+        src = member_data(tar, info)
         writer = self.ingester.open()
         try:
             left = size

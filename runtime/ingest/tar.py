@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import struct
 import tarfile
 from typing import BinaryIO, Iterator
 
@@ -31,11 +32,91 @@ _ZERO_BLOCK = bytes(BLOCK)
 _READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError)
 
 
+#: The fields of a ustar/GNU header block, in order (POSIX.1-1988 ``ustar`` layout).
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8x32s32s8s8s155s12x")
+#: Member types whose header :func:`_decode` reads itself; anything else (GNU sparse, whose
+#: header holds a sparse map) goes to tarfile's own ``frombuf``.
+_SIMPLE_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
+                           tarfile.LNKTYPE, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                           tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK,
+                           tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE,
+                           tarfile.CONTTYPE})
+
+
+def _number(field: bytes) -> int:
+    """tarfile's ``nti`` for the common case (octal digits, NUL-terminated), itself otherwise:
+    ``int`` of plain ASCII digits is what ``nti`` computes for them, anything else (spaces,
+    base-256, garbage) is left to ``nti``, so the result and the errors are tarfile's."""
+    end = field.find(b"\0")
+    digits = field if end < 0 else field[:end]
+    if not digits:
+        return 0  # an empty field (devmajor/devminor of most members): nti's "or '0'"
+    if digits.isdigit():
+        try:
+            return int(digits, 8)
+        except ValueError:
+            pass  # an 8 or a 9: let nti raise its own error
+    return tarfile.nti(field)
+
+
+def _decode(cls: type[tarfile.TarInfo], buf: bytes, encoding: str, errors: str
+            ) -> tarfile.TarInfo:
+    """``TarInfo.frombuf`` for one header block, about three times faster.
+
+    Decoding the header was half of the parser's time on an archive of small files, most of
+    it tarfile's checksum (a 504-item ``struct.unpack``) and one call per field. The result is
+    the same object tarfile builds, field for field, with the same exceptions; what this does
+    not decode itself (a GNU sparse header, a checksum that only matches tarfile's signed
+    variant) is handed to tarfile. tests/test_tar_header.py pins the equivalence on every
+    header format and on mutated headers.
+    """
+    if len(buf) != BLOCK or buf.count(0) == BLOCK or buf[156:157] not in _SIMPLE_TYPES:
+        return tarfile.TarInfo.frombuf.__func__(cls, buf, encoding, errors)  # type: ignore[attr-defined]
+    (name, mode, uid, gid, size, mtime, chksum_field, type_, linkname, uname, gname, devmajor,
+     devminor, prefix) = _HEADER.unpack(buf)
+    chksum = _number(chksum_field)
+    if chksum != 256 + sum(buf) - sum(chksum_field):  # unsigned, the field taken as spaces
+        # maybe the signed variant (Sun, NeXT): tarfile decides, and raises if neither
+        return tarfile.TarInfo.frombuf.__func__(cls, buf, encoding, errors)  # type: ignore[attr-defined]
+    obj = cls()
+    end = name.find(b"\0")
+    obj.name = (name if end < 0 else name[:end]).decode(encoding, errors)
+    obj.mode = _number(mode)
+    obj.uid = _number(uid)
+    obj.gid = _number(gid)
+    obj.size = _number(size)
+    obj.mtime = _number(mtime)
+    obj.chksum = chksum
+    obj.type = type_
+    end = linkname.find(b"\0")
+    obj.linkname = (linkname if end < 0 else linkname[:end]).decode(encoding, errors)
+    end = uname.find(b"\0")
+    obj.uname = (uname if end < 0 else uname[:end]).decode(encoding, errors)
+    end = gname.find(b"\0")
+    obj.gname = (gname if end < 0 else gname[:end]).decode(encoding, errors)
+    obj.devmajor = _number(devmajor)
+    obj.devminor = _number(devminor)
+    end = prefix.find(b"\0")
+    prefix_text = (prefix if end < 0 else prefix[:end]).decode(encoding, errors)
+    if type_ == tarfile.AREGTYPE and obj.name.endswith("/"):
+        obj.type = tarfile.DIRTYPE  # old V7 tar: a directory is a file named with a slash
+    if obj.type == tarfile.DIRTYPE:
+        obj.name = obj.name.rstrip("/")
+    if prefix_text and obj.type not in tarfile.GNU_TYPES:
+        obj.name = prefix_text + "/" + obj.name
+    return obj
+
+
 class _TarInfo(tarfile.TarInfo):
     """A TarInfo whose reading refuses oversized extended headers and bad or missing headers
-    (see the module docstring). ``max_header`` is set per archive on a subclass."""
+    (see the module docstring) and decodes plain headers faster (:func:`_decode`).
+    ``max_header`` is set per archive on a subclass."""
 
     max_header = 1024 * 1024
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:  # type: ignore[override]
+        return _decode(cls, buf, encoding, errors)
 
     @classmethod
     def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
@@ -228,6 +309,21 @@ def member_data(tar: tarfile.TarFile, info: tarfile.TarInfo) -> BinaryIO:
     src = tar.extractfile(info)
     assert src is not None
     return src
+
+
+def read_small_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    """A small regular member's bytes, read together with the padding up to the next header
+    when they come straight from the stream: tarfile's ``next()`` then finds the stream at the
+    next header instead of seeking forward to it (two fewer stream reads per member, a tenth
+    of the parser's time on an archive of small files). A stream that ends inside the padding
+    is a truncated archive, as it would be at the next header."""
+    src = member_data(tar, info)
+    size = info.size
+    if src is not tar.fileobj:
+        return read_exact(src, size, info.name)
+    padded = (size + BLOCK - 1) // BLOCK * BLOCK
+    data = read_exact(src, padded, info.name)
+    return data if padded == size else data[:size]
 
 
 def drain(fileobj: BinaryIO) -> None:

@@ -38,7 +38,6 @@ import os
 import stat
 import time
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -46,14 +45,13 @@ from typing import TYPE_CHECKING, Iterator
 from ..cvmfs import manifest as manifest_mod
 from ..cvmfs.catalog import (Counters, Entry, NestedRef, build_catalog, read_catalog,
                              write_nested_catalog)
-from ..cvmfs.objects import CATALOG, CERTIFICATE, compress
+from ..cvmfs.objects import CATALOG, CERTIFICATE, compress, compressor
 from .errors import (ArtifactExists, ArtifactNotFound, InvalidPath, QuotaExceeded,
                      RepositoryError, StorageFull)
 from .files import atomic_write
 from .names import MARKER_NAME, catalog_path, namespaces_of, parent_namespace, top_namespace
 from .staged import StagedTree
-from .state import (ArtifactRow, ContentDigest, State, content_digest,
-                    full_disk_is_storage_full)
+from .state import ArtifactRow, ContentDigest, State, full_disk_is_storage_full
 
 if TYPE_CHECKING:
     import sqlite3
@@ -99,6 +97,24 @@ def recover(repo: "Repository") -> None:
                          (revision,))
 
 
+def _path_of(e: Entry) -> str:
+    return e.path
+
+
+def summarize(entries: list[Entry], base: str) -> tuple[str, int, int]:
+    """The content digest (:func:`content_digest`), bytes and number of regular files of an
+    artifact's ``entries`` (in path order), in one pass: three passes over a 10,000-file
+    artifact were a tenth of its publish."""
+    digest = ContentDigest(base)
+    size = files = 0
+    for e in entries:
+        digest.add(e)
+        if e.is_regular:
+            size += e.size
+            files += 1
+    return digest.hexdigest(), size, files
+
+
 def store_catalog_file(repo: "Repository", raw: Path) -> tuple[str, int]:
     """Compress the catalog file ``raw`` into a ``C`` object piece by piece: (hex, raw size).
 
@@ -108,7 +124,7 @@ def store_catalog_file(repo: "Repository", raw: Path) -> tuple[str, int]:
     """
     store = repo.store
     tmp = store.txn / f"catalog.{os.getpid()}.{uuid.uuid4().hex}.C"
-    sha, packer = hashlib.sha1(), zlib.compressobj(6)
+    sha, packer = hashlib.sha1(), compressor()
     raw_size = stored = 0
     try:
         with open(raw, "rb") as src, open(tmp, "wb") as dst:
@@ -462,14 +478,16 @@ class Commit:
                     self.stage_streamed(name, tree, old, expires_at)
                     continue
                 tree = tree.as_dict()  # a few thousand entries: built in memory, faster
-            digest = content_digest(tree, "/" + name)
+            entries = sorted(tree.values(), key=_path_of)
+            digest, size, files = summarize(entries, "/" + name)
             if old is not None and digest == old.content_digest:
                 old = copy.copy(old)
                 old.expires_at = expires_at
                 self.new_rows[name] = old
                 self.refreshed.append(name)
                 continue
-            self.new_rows[name] = self.stage_artifact(name, tree, digest, old, expires_at)
+            self.new_rows[name] = self.stage_artifact(name, tree, entries, (digest, size, files),
+                                                      old, expires_at)
             self.changed.append(name)
         for name, exp in self.expiry.items():
             if name not in self.work and name in arts:
@@ -518,14 +536,18 @@ class Commit:
             if row is not None and (digest is not None or name in self.changed):
                 row.sha256 = digest
 
-    def stage_artifact(self, name: str, tree: Tree, digest: str, old: ArtifactRow | None,
+    def stage_artifact(self, name: str, tree: Tree, entries: list[Entry],
+                       summary: tuple[str, int, int], old: ArtifactRow | None,
                        expires_at: float | None) -> ArtifactRow:
-        """Build the nested catalog of a directory artifact (or keep a file/link as a row)."""
+        """Build the nested catalog of a directory artifact (or keep a file/link as a row).
+
+        ``entries`` are the tree's entries in path order and ``summary`` what
+        :func:`summarize` made of them: the caller sorted and summed them once.
+        """
         repo, now = self.repo, self.now
         top_path = "/" + name
         top = tree[top_path]
-        size = sum(e.size for e in tree.values() if e.is_regular)
-        files = sum(1 for e in tree.values() if e.is_regular)
+        digest, size, files = summary
         created = old.created_at if old is not None else float(repo.clock())
         kept = old.provenance if old is not None else None
         if not top.is_dir:
@@ -535,14 +557,11 @@ class Commit:
         empty = repo.store.put_content(b"", "", compressed)
         marker = Entry(path=f"{top_path}/{MARKER_NAME}", mode=stat.S_IFREG | 0o644, mtime=now,
                        size=0, digest=empty.digest, compressed=compressed, hidden=True)
-        entries = sorted(tree.values(), key=lambda e: e.path)
         built = build_catalog(entries + [marker], root_path=top_path, properties={
             "root_prefix": top_path, "last_modified": now, "revision": 1})
         obj = repo.store.put(compress(built.data), CATALOG)
-        subdirs = sum(1 for e in tree.values() if e.is_dir and e.path != top_path
-                      and e.path.rfind("/") == len(top_path))
         mount = Entry(path=top_path, mode=top.mode, mtime=top.mtime, size=top.size,
-                      uid=top.uid, gid=top.gid, linkcount=2 + subdirs)
+                      uid=top.uid, gid=top.gid, linkcount=2 + built.subdirs.get(top_path, 0))
         return ArtifactRow(name, mount, obj.hex, len(built.data), built.counters, digest, size,
                            files, created, expires_at, 0, kept)
 

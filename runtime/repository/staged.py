@@ -215,7 +215,10 @@ class StagedTree:
         return int(total)
 
     def as_dict(self) -> dict[str, Entry]:
-        """Every entry in memory (when another transaction of the same commit edits it)."""
+        """Every entry in memory (when another transaction of the same commit edits it, or to
+        build the catalog of a tree that never spilled), in no particular order."""
+        if self._mem is not None:
+            return dict(self._mem)
         return {e.path: e for e, _ in self.entries()}
 
     def close(self) -> None:
