@@ -124,6 +124,9 @@ def publish(fqrn: str = Fqrn,
     try:
         if not repo.exists():
             _fail(f"repository {fqrn} does not exist in {settings.data_dir}; run init first")
+        from .heap import freeze_startup_objects
+
+        freeze_startup_objects()  # a 10,000-file tree triggers full collections otherwise
         tx = repo.begin()
         try:
             names = {a.name for a in repo.artifacts()}
@@ -238,6 +241,9 @@ def serve(host: Optional[str] = typer.Option(
     _warn_if_unprotected(settings)
     application = create_app(settings)
     _print_mount_instructions(settings)
+    from .heap import freeze_startup_objects
+
+    freeze_startup_objects()  # after every import and the app: see runtime/heap.py
     make_server(application, host=settings.host, port=settings.port).run(sockets=[sock])
 
 

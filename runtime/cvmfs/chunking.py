@@ -39,7 +39,7 @@ class Chunk:
     digest: bytes  # raw 20-byte SHA-1 of the stored (possibly compressed) chunk
 
 
-@dataclass
+@dataclass(slots=True)
 class FileContent:
     """What a catalog row needs to describe stored file content."""
 

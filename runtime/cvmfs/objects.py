@@ -82,7 +82,7 @@ def compressor() -> "zlib._Compress":
     return deflate.compressobj(METADATA_LEVEL)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredObject:
     """An object in the store: its hex name, suffix and the number of bytes served."""
 
