@@ -152,6 +152,9 @@ def publish(fqrn: str = Fqrn,
         _fail(str(exc), 2)
     finally:
         repo.close()
+        from .cvmfs.batches import stop_helpers
+
+        stop_helpers()  # started for a large tree (Transaction.add_tree)
     typer.echo(f"published {name} in {fqrn} at revision {result.revision}"
                f" ({result.publish_time_s * 1000:.0f} ms commit)")
 

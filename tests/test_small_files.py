@@ -114,3 +114,91 @@ def test_a_tree_holding_a_fifo_is_refused_and_nothing_is_published(tmp_path):
             with pytest.raises(InvalidPath, match="special files"):
                 tx.add_tree(src, "bad")
         assert served.repo.manifest_bytes() == before
+
+
+def _tree(src, files: int, seed: int = 0) -> dict[str, bytes]:
+    want = {}
+    for i in range(files):
+        d = src / f"d{i % 13}"
+        d.mkdir(parents=True, exist_ok=True)
+        data = b"%d.%d " % (seed, i) * (1 + i % 40)
+        (d / f"f{i:05d}").write_bytes(data)
+        want[f"d{i % 13}/f{i:05d}"] = data
+    return want
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_helpers_store_a_tree_as_the_threads_would(tmp_path, compressed):
+    """The helper processes read and store a tree's files (``submit_files``): the catalog
+    and every object are the ones the threads alone make of the same tree."""
+    from runtime.cvmfs import batches
+
+    src = tmp_path / "src"
+    want = _tree(src, 3000)
+    roots = {}
+    for how in ("helpers", "threads"):
+        with served_repository(tmp_path / how,
+                               compression="zlib" if compressed else "none") as served:
+            ingester = served.repo.ingester
+            if how == "helpers":
+                assert batches.start_helpers(), "the helpers must start on this machine"
+                assert batches.helpers_ready()
+            else:
+                ingester.batches.use_helpers = False
+            with served.repo.begin() as tx:
+                tx.add_tree(src, "big")
+                tx.publish()
+            reader = served.reader()
+            reader.check()
+            for rel, data in list(want.items())[::97]:
+                assert reader.read_file(f"/big/{rel}") == data
+            roots[how] = {p: (e.hash, e.size, e.mode) for p, e in reader.walk().items()
+                          if p.startswith("/big/")}
+    assert roots["helpers"] == roots["threads"]
+    assert len(roots["helpers"]) == len(want) + 13 + 1  # the directories and .cvmfscatalog
+
+
+def test_a_large_tree_starts_the_helpers_and_a_small_one_does_not(tmp_path):
+    import time
+
+    from runtime.cvmfs import batches
+    from runtime.repository.transaction import HELPER_TREE_FILES
+
+    batches.stop_helpers()
+    small, large = tmp_path / "small", tmp_path / "large"
+    _tree(small, HELPER_TREE_FILES - 1)
+    _tree(large, HELPER_TREE_FILES + 1)
+    with served_repository(tmp_path / "repo", compression="none") as served:
+        with served.repo.begin() as tx:
+            tx.add_tree(small, "small")
+            tx.publish()
+        time.sleep(0.5)
+        assert not batches.helpers_ready() and not batches.helper_pids()
+        with served.repo.begin() as tx:
+            tx.add_tree(large, "large")
+            tx.publish()
+        deadline = time.monotonic() + 30
+        while not batches.helpers_ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert batches.helpers_ready() and batches.helper_pids()
+
+
+def test_a_helper_killed_while_a_tree_is_stored_fails_nothing(tmp_path):
+    import signal
+
+    from runtime.cvmfs import batches
+
+    src = tmp_path / "src"
+    want = _tree(src, 6000, seed=1)
+    pids = batches.start_helpers()
+    assert pids
+    with served_repository(tmp_path, compression="none") as served:
+        with served.repo.begin() as tx:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            tx.add_tree(src, "survivor")
+            tx.publish()
+        reader = served.reader()
+        reader.check()
+        for rel, data in list(want.items())[::251]:
+            assert reader.read_file(f"/survivor/{rel}") == data

@@ -11,7 +11,9 @@ The helpers (one per two cores, at least two: :func:`default_processes`) are sha
 repository of the process, started with the ``forkserver`` method (the server has threads, so
 it must not ``fork`` itself) on the first batch or by :func:`start_helpers`, and receive each
 batch's bytes over a pipe. They only hash and write; objects are named by content, so a helper
-needs nothing but the store's directory.
+needs nothing but the store's directory. A local publish of a large tree (``add_tree``) hands
+them batches of *paths* instead (:meth:`BatchWriter.submit_files`): a helper reads, hashes and
+stores each file and returns its status, once :func:`start_helpers_in_background` has them up.
 
 Failure handling: where a helper cannot be started (no ``/dev/shm``, no writable temp dir),
 batches run on the caller's thread pool instead, with one warning. A helper that dies (killed,
@@ -117,6 +119,12 @@ def store_batch(root: str, compressed: bool, blobs: list[bytes],
     return store_blobs(_store_at(root), compressed, blobs, level)
 
 
+def store_file_batch(root: str, compressed: bool, paths: list[str], limit: int,
+                     level: int = DEFAULT_LEVEL) -> list[tuple[os.stat_result, str, int, int]]:
+    """In the helper: :func:`store_files` into the store at ``root`` (opened once)."""
+    return store_files(_store_at(root), compressed, paths, limit, level)
+
+
 #: How often a helper checks that the server that started it is still alive.
 WATCHDOG_INTERVAL_S = 0.5
 _PR_SET_PDEATHSIG = 1
@@ -171,6 +179,8 @@ class _Helpers:
         self.lock = threading.Lock()
         self.pool: ProcessPoolExecutor | None = None
         self.unavailable = False
+        #: start_helpers() saw every helper answer (reset when the pool goes)
+        self.ready = False
 
     def get(self) -> ProcessPoolExecutor | None:
         with self.lock:
@@ -199,6 +209,7 @@ class _Helpers:
             if self.pool is pool:
                 self._give_up_locked(exc)
                 self.pool = None
+                self.ready = False
         pool.shutdown(wait=False)
 
     def restart(self, broken: ProcessPoolExecutor) -> None:
@@ -206,11 +217,13 @@ class _Helpers:
         with self.lock:
             if self.pool is broken:
                 self.pool = None
+                self.ready = False
         broken.shutdown(wait=False)
 
     def stop(self) -> None:
         with self.lock:
             pool, self.pool = self.pool, None
+            self.ready = False
         if pool is not None:
             pool.shutdown(wait=True)
 
@@ -233,7 +246,31 @@ def start_helpers() -> list[int]:
     except Exception as exc:  # noqa: BLE001 - any failure here means: use threads
         _helpers.give_up(pool, exc)
         return []
+    _helpers.ready = True
     return helper_pids()
+
+
+_warming = threading.Lock()
+
+
+def start_helpers_in_background() -> None:
+    """:func:`start_helpers` on a thread of its own, once: the caller goes on meanwhile
+    (with threads, until :func:`helpers_ready`)."""
+    if helpers_ready() or not _warming.acquire(blocking=False):
+        return
+
+    def run() -> None:
+        try:
+            start_helpers()
+        finally:
+            _warming.release()
+
+    threading.Thread(target=run, name="helpers-start", daemon=True).start()
+
+
+def helpers_ready() -> bool:
+    """The helpers are running and have answered (:func:`start_helpers` finished)."""
+    return _helpers.ready and _helpers.pool is not None
 
 
 def helper_pids() -> list[int]:
@@ -243,7 +280,9 @@ def helper_pids() -> list[int]:
 
 
 def stop_helpers() -> None:
-    _helpers.stop()
+    """Stop the helpers (after a background start has finished: it would start them anew)."""
+    with _warming:
+        _helpers.stop()
 
 
 class BatchWriter:
@@ -261,12 +300,26 @@ class BatchWriter:
                convert: Callable[[list[tuple[str, int]]], T]) -> "Future[T]":
         """Store ``blobs`` as whole-file objects; the future yields ``convert`` of their
         ``(hex, stored size)`` pairs, in order."""
+        return self._dispatch(store_batch, store_blobs, blobs, (), convert)
+
+    def submit_files(self, paths: list[str], limit: int,
+                     convert: Callable[[list[tuple[os.stat_result, str, int, int]]], T]
+                     ) -> "Future[T]":
+        """Read and store local files (:func:`store_files`, at most ``limit`` bytes each);
+        the future yields ``convert`` of their ``(status, hex, stored size, size)``.
+        A batch stored again after its helper died reads its files again: harmless."""
+        return self._dispatch(store_file_batch, store_files, paths, (limit,), convert)
+
+    def _dispatch(self, in_helper: Callable, locally: Callable, items: list, extra: tuple,
+                  convert: Callable[[list], T]) -> "Future[T]":
+        """Run ``in_helper(root, compressed, items, *extra, level)`` in a helper process, or
+        ``locally(store, compressed, items, *extra, level)`` on the threads where no helper
+        can run or the helper died (see the module docstring)."""
         out: Future = Future()
-        root = str(self.store.root)
 
         def run_locally() -> None:
-            inner = self.threads.submit(store_blobs, self.store, self.compressed, blobs,
-                                       self.level)
+            inner = self.threads.submit(locally, self.store, self.compressed, items, *extra,
+                                        self.level)
             inner.add_done_callback(lambda f: _relay(f, out, convert))
 
         pool = _helpers.get() if self.use_helpers else None
@@ -274,7 +327,8 @@ class BatchWriter:
             run_locally()
             return out
         try:
-            inner = pool.submit(store_batch, root, self.compressed, blobs, self.level)
+            inner = pool.submit(in_helper, str(self.store.root), self.compressed, items, *extra,
+                                self.level)
         except BrokenProcessPool:  # a helper died since the last batch: start a new one later
             log.warning("object batch helper died; storing the batch on threads")
             _helpers.restart(pool)

@@ -44,6 +44,10 @@ from .names import (ValidPath, as_parts, catalog_path, permissions, split_path,
                     validate_artifact_name, validate_mtime, validate_size,
                     validate_symlink_target)
 from .space import CHECK_EVERY_BYTES
+
+#: Files of a tree past which ``add_tree`` starts the helper processes (~60-100 ms to start,
+#: paid back after a few thousand files; a small tree never starts them).
+HELPER_TREE_FILES = 1000
 from .staged import StagedTree
 
 if TYPE_CHECKING:
@@ -388,7 +392,9 @@ class Transaction:
 
         The walk stats directories and symlinks only; a regular file (known from the
         directory entry's type) is opened, stat'ed and read by a worker in one go, so this
-        thread, which holds the GIL, makes no system call per file. A file that turns out
+        thread, which holds the GIL, makes no system call per file. Past
+        ``HELPER_TREE_FILES`` files the helper processes are started in the background and
+        take the batches from then on (:meth:`Ingester.ingest_files`). A file that turns out
         larger than a chunk is streamed here afterwards; one that is no longer a regular
         file is refused like any special file.
         """
@@ -410,10 +416,14 @@ class Transaction:
             while len(batches) > 2 * ingester.workers:
                 self._record_batch(*batches.pop(0))
 
+        files = 0
         for parts, entry in _walk(source, base):
             count += 1
             if entry.is_file(follow_symlinks=False):
                 batch.append((parts, entry.path))
+                files += 1
+                if files == HELPER_TREE_FILES:
+                    ingester.warm_helpers()  # a large tree: helpers take over once they are up
                 if len(batch) >= 64:
                     flush()
                 continue
