@@ -226,17 +226,21 @@ class Transaction:
                                                            self.repo.max_name_depth))
 
     def _entry(self, kind: str, parts: Sequence[str], mode: int, mtime: int | None,
-               **fields: object) -> None:
+               path: str | None = None, **fields: object) -> None:
+        """Stage one entry at ``parts`` (``path``: its catalog path, when the caller has it).
+        Runs once per file of an upload: each lookup and call here is paid 10,000 times."""
         self._staging_content()
-        path = catalog_path(parts)
-        mtime = self._now() if mtime is None else validate_mtime(mtime, path.lstrip("/"))
+        if path is None:
+            path = catalog_path(parts)
+        now = self._now()
+        mtime = now if mtime is None else validate_mtime(mtime, path[1:])
         entry = Entry(path=path, mode=mode, mtime=mtime, **fields)  # type: ignore[arg-type]
         name, depth = self.artifact_of(parts)
         tree = self.staged.get(name)
         if tree is None and len(parts) == depth:
             tree = self._replace(name)
         if tree is not None:
-            tree.put(parts, entry, self._now())
+            tree.put(parts, entry, now)
         else:
             self.ops.append(Op(kind, parts, entry, name))
 
@@ -258,9 +262,10 @@ class Transaction:
     # -- staging -------------------------------------------------------------------------
     def _record_file(self, parts: Sequence[str], content: FileContent, mode: int,
                      mtime: int | None) -> None:
-        validate_size(content.size, catalog_path(parts).lstrip("/"))
-        self._progress(content.size if content.size < CHECK_EVERY_BYTES else 0)
-        self._entry("file", parts, stat.S_IFREG | permissions(mode), mtime, size=content.size,
+        path = catalog_path(parts)
+        size = validate_size(content.size, path[1:])
+        self._progress(size if size < CHECK_EVERY_BYTES else 0)
+        self._entry("file", parts, stat.S_IFREG | permissions(mode), mtime, path, size=size,
                     digest=content.digest, chunks=tuple(content.chunks),
                     compressed=content.compressed)
 
