@@ -1,18 +1,23 @@
 """Publishing a local tree of small files: each file is read with one open/read/close, at
 the size the walk saw, and a file that changed between the walk and its read is never taken
-for something it is not."""
+for something it is not. Past HELPER_TREE_FILES files the helper processes store the rest
+of the tree, exactly as the threads would."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
+import time
 
 import pytest
 
+from runtime.cvmfs import batches
 from runtime.cvmfs.batches import read_small_file, store_files
 from runtime.cvmfs.objects import ObjectStore
 from runtime.repository import InvalidPath
+from runtime.repository.transaction import HELPER_TREE_FILES
 from tests.served import served_repository
 
 
@@ -117,6 +122,7 @@ def test_a_tree_holding_a_fifo_is_refused_and_nothing_is_published(tmp_path):
 
 
 def _tree(src, files: int, seed: int = 0) -> dict[str, bytes]:
+    """``files`` small files in 13 directories under ``src``: relative path -> bytes."""
     want = {}
     for i in range(files):
         d = src / f"d{i % 13}"
@@ -127,12 +133,23 @@ def _tree(src, files: int, seed: int = 0) -> dict[str, bytes]:
     return want
 
 
+def publish_and_check(served, src, name: str, want: dict[str, bytes], every: int):
+    """Publish ``src`` as ``name``; the client-side check passes and every ``every``-th file
+    reads back as written. Returns the reader."""
+    with served.repo.begin() as tx:
+        tx.add_tree(src, name)
+        tx.publish()
+    reader = served.reader()
+    reader.check()
+    for rel, data in list(want.items())[::every]:
+        assert reader.read_file(f"/{name}/{rel}") == data
+    return reader
+
+
 @pytest.mark.parametrize("compressed", [False, True])
 def test_the_helpers_store_a_tree_as_the_threads_would(tmp_path, compressed):
     """The helper processes read and store a tree's files (``submit_files``): the catalog
     and every object are the ones the threads alone make of the same tree."""
-    from runtime.cvmfs import batches
-
     src = tmp_path / "src"
     want = _tree(src, 3000)
     roots = {}
@@ -145,13 +162,7 @@ def test_the_helpers_store_a_tree_as_the_threads_would(tmp_path, compressed):
                 assert batches.helpers_ready()
             else:
                 ingester.batches.use_helpers = False
-            with served.repo.begin() as tx:
-                tx.add_tree(src, "big")
-                tx.publish()
-            reader = served.reader()
-            reader.check()
-            for rel, data in list(want.items())[::97]:
-                assert reader.read_file(f"/big/{rel}") == data
+            reader = publish_and_check(served, src, "big", want, every=97)
             roots[how] = {p: (e.hash, e.size, e.mode) for p, e in reader.walk().items()
                           if p.startswith("/big/")}
     assert roots["helpers"] == roots["threads"]
@@ -159,11 +170,6 @@ def test_the_helpers_store_a_tree_as_the_threads_would(tmp_path, compressed):
 
 
 def test_a_large_tree_starts_the_helpers_and_a_small_one_does_not(tmp_path):
-    import time
-
-    from runtime.cvmfs import batches
-    from runtime.repository.transaction import HELPER_TREE_FILES
-
     batches.stop_helpers()
     small, large = tmp_path / "small", tmp_path / "large"
     _tree(small, HELPER_TREE_FILES - 1)
@@ -184,21 +190,11 @@ def test_a_large_tree_starts_the_helpers_and_a_small_one_does_not(tmp_path):
 
 
 def test_a_helper_killed_while_a_tree_is_stored_fails_nothing(tmp_path):
-    import signal
-
-    from runtime.cvmfs import batches
-
     src = tmp_path / "src"
     want = _tree(src, 6000, seed=1)
     pids = batches.start_helpers()
     assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
     with served_repository(tmp_path, compression="none") as served:
-        with served.repo.begin() as tx:
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-            tx.add_tree(src, "survivor")
-            tx.publish()
-        reader = served.reader()
-        reader.check()
-        for rel, data in list(want.items())[::251]:
-            assert reader.read_file(f"/survivor/{rel}") == data
+        publish_and_check(served, src, "survivor", want, every=251)
