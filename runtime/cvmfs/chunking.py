@@ -47,7 +47,6 @@ class FileContent:
     compressed: bool
     digest: bytes | None = None  # whole-file object, or None when chunked
     chunks: list[Chunk] = field(default_factory=list)
-    objects: list[StoredObject] = field(default_factory=list)
 
     @property
     def chunked(self) -> bool:
@@ -151,9 +150,9 @@ class Ingester:
 
     def _file_contents(self, rows: list[tuple[os.stat_result, str, int, int]]
                        ) -> list[tuple[os.stat_result, FileContent | None]]:
-        return [(st, FileContent(size, self.compressed, bytes.fromhex(h), [],
-                                 [StoredObject(h, FILE, n)]) if h else None)
-                for st, h, n, size in rows]
+        compressed = self.compressed
+        return [(st, FileContent(size, compressed, bytes.fromhex(h)) if h else None)
+                for st, h, _stored, size in rows]
 
     def _check_batch(self, blobs: list[bytes]) -> None:
         for data in blobs:
@@ -162,8 +161,9 @@ class Ingester:
 
     def _contents(self, blobs: list[bytes], stored: list[tuple[str, int]]) -> list[FileContent]:
         """What the catalog needs of each batched blob, from its ``(hex, stored size)``."""
-        return [FileContent(len(data), self.compressed, bytes.fromhex(h), [],
-                            [StoredObject(h, FILE, n)]) for data, (h, n) in zip(blobs, stored)]
+        compressed = self.compressed
+        return [FileContent(len(data), compressed, bytes.fromhex(h))
+                for data, (h, _stored) in zip(blobs, stored)]
 
 
 class FileWriter:
@@ -242,16 +242,15 @@ class FileWriter:
         if not self._pending:
             obj = self._ing.store.put_content(tail, FILE, self._ing.compressed,
                                               self._ing.level)
-            return FileContent(tail_size, self._ing.compressed, obj.digest, [], [obj])
+            return FileContent(tail_size, self._ing.compressed, obj.digest)
         if tail_size:
             self._inflight.acquire()
             self._submit(tail, tail_size)
-        chunks, objects = [], []
+        chunks = []
         for offset, size, fut in self._pending:
             obj: StoredObject = fut.result()
             chunks.append(Chunk(offset, size, obj.digest))
-            objects.append(obj)
-        return FileContent(self._offset, self._ing.compressed, None, chunks, objects)
+        return FileContent(self._offset, self._ing.compressed, None, chunks)
 
     async def aclose(self) -> FileContent:
         """Async variant of :meth:`close` (the tail is stored on the pool, not the loop)."""
