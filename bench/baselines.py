@@ -93,6 +93,23 @@ def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
             f"[{fmt.format(min(values))}–{fmt.format(max(values))}]")
 
 
+#: ``tar -x`` + ``sync`` rounds this far apart mean the filesystem, not the code, set the pace.
+SWING = 3.0
+
+
+def filesystem_swing(tar_rates: list[float]) -> str | None:
+    """A warning when the ``tar -x`` + ``sync`` baseline swung more than :data:`SWING`-fold
+    across the rounds of one run: on ext4 without a journal, creating files in some block
+    groups (or right after a mass deletion nearby) costs ten times the CPU it costs in others,
+    for ``tar`` and for us alike (README, "Benchmarks"). Rounds measured there say more about
+    where the files landed than about the code."""
+    if len(tar_rates) < 2 or min(tar_rates) <= 0 or max(tar_rates) / min(tar_rates) <= SWING:
+        return None
+    return (f"   note: tar -x + sync swung {max(tar_rates) / min(tar_rates):.1f}-fold across "
+            "the rounds (the block-group effect, README \"Benchmarks\"); compare rounds with "
+            "their own baseline, and start runs six minutes after any mass deletion")
+
+
 def load() -> str:
     """The 1-minute load average, printed beside each round: on a shared machine it says
     which rounds were measured under someone else's load."""

@@ -37,7 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.baselines import default_dir, direct_write, load, spread, tar_extract_sync, zlib_single  # noqa: E402
+from bench.baselines import (default_dir, direct_write, filesystem_swing, load, spread,  # noqa: E402
+                             tar_extract_sync, zlib_single)
 from runtime.repository import Repository  # noqa: E402
 from runtime.settings import RepositoryConfig  # noqa: E402
 
@@ -186,6 +187,9 @@ def bench_small(root: Path, count: int, repeat: int) -> None:
               f"{count / t_tar:8,.0f} files/s = {t_tar / t_ours:.2f}  (load {load()})", flush=True)
     print(f"3. {count} small files (1-4 KiB, 100 dirs): {spread(ours)} files/s   tar -x + sync "
           f"{spread(base)} files/s   ratio {spread(ratios, '{:.2f}')} (target >= 2)")
+    swing = filesystem_swing(base)
+    if swing:
+        print(swing)
     repo.close()
 
 

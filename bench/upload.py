@@ -46,7 +46,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.baselines import default_dir, direct_write, load, spread, tar_extract_sync  # noqa: E402
+from bench.baselines import (default_dir, direct_write, filesystem_swing, load, spread,  # noqa: E402
+                             tar_extract_sync)
 from tests.serverproc import ServeProcess  # noqa: E402
 FQRN = "bench.example.org"
 TOKEN = "bench-token"
@@ -326,6 +327,9 @@ def main() -> None:
                          f"ratio {spread(ratios, '{:.2f}')}; tarfile {spread(pys)}; slowest "
                          f"round {median / min(rates):.2f}x the median time (target <= 2, "
                          f">= 20,000 files/s)"))
+            swing = filesystem_swing(bases)
+            if swing:
+                print(swing)
 
         if "concurrent" in only:
             server.stop()
