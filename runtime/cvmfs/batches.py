@@ -49,8 +49,6 @@ _stores: dict[str, ObjectStore] = {}
 def store_blobs(store: ObjectStore, compressed: bool, blobs: list[bytes],
                 level: int = DEFAULT_LEVEL) -> list[tuple[str, int]]:
     """Store each blob as a whole-file object; ``(hex, stored size)`` each, in order."""
-    if not compressed:
-        return [store.put_whole(data) for data in blobs]
     out = []
     for data in blobs:
         obj = store.put_content(data, FILE, compressed, level)

@@ -228,7 +228,7 @@ def build_catalog(
     entries = list(entries)
     nested = sorted(nested, key=lambda n: n.path)
     nested_paths = {n.path for n in nested}
-    dirs = {e.path for e in entries if e.mode & _IFMT == stat.S_IFDIR}
+    dirs = {e.path for e in entries if stat.S_ISDIR(e.mode)}
     if root_path not in dirs:
         raise ValueError(f"catalog root entry {root_path!r} missing or not a directory")
     subdirs = _check_parents(entries, root_path, dirs, nested_paths)
@@ -273,27 +273,24 @@ def build_catalog(
     return BuiltCatalog(bytes(data), counters, subdirs)
 
 
-_IFMT = 0o170000
-
-
 def _check_parents(entries: list[Entry], root_path: str, dirs: set[str],
                    nested_paths: set[str]) -> dict[str, int]:
     """Every entry but the root lies in a directory of this catalog, none below a nested
     mountpoint; returns the number of subdirectories of each directory.
 
-    One pass with the parent cut out once per entry: this runs for every file of a publish.
+    One pass: this runs for every file of a publish.
     """
     subdirs: dict[str, int] = {}
     for e in entries:
         path = e.path
         if path == root_path:
             continue
-        parent = path[:path.rfind("/")]
+        parent = parent_path(path)
         if parent not in dirs:
             raise ValueError(f"entry {path!r} has no parent directory in the catalog")
         if parent in nested_paths:
             raise ValueError(f"entry {path!r} lies below nested mountpoint {parent!r}")
-        if e.mode & _IFMT == stat.S_IFDIR:
+        if stat.S_ISDIR(e.mode):
             subdirs[parent] = subdirs.get(parent, 0) + 1
     return subdirs
 

@@ -177,23 +177,6 @@ class ObjectStore:
             return stored
         raise OSError(f"object {hex_digest}{suffix}: could not be created at {final}")
 
-    def put_whole(self, data: bytes) -> tuple[str, int]:
-        """:meth:`put` of one small object given whole: its ``(hex, size)``.
-
-        The helpers' loop over thousands of archive members: the common case (a new object)
-        costs one hash and three system calls and builds nothing else; anything else (it
-        exists, a bucket is missing) takes the general path.
-        """
-        hex_digest = hashlib.sha1(data).hexdigest()
-        try:
-            fd = os.open(f"{self._data_str}/{hex_digest[:2]}/{hex_digest[2:]}",
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError:
-            obj = self.put(data)
-            return obj.hex, obj.stored_size
-        self._write(fd, (data,), len(data))
-        return hex_digest, len(data)
-
     @staticmethod
     def _write(fd: int, pieces: Sequence[bytes], size: int) -> None:
         """Write ``pieces`` (``size`` bytes) to ``fd`` with ``writev`` and close it.

@@ -22,7 +22,7 @@ from .names import (MARKER_NAME, NAME_MAX_BYTES, RESERVED_PREFIX, ValidPath, cat
                     validate_name)
 from .repository import DEFAULT_BODY_IDLE_TIMEOUT_S, REPLICA_MARKER, Repository
 from .space import DEFAULT_MIN_FREE_BYTES
-from .state import ArtifactInfo, content_digest
+from .state import ArtifactInfo
 from .transaction import StagedFile, Transaction
 
 __all__ = [
@@ -30,6 +30,6 @@ __all__ = [
     "DEFAULT_MIN_FREE_BYTES", "InvalidPath", "MARKER_NAME", "NAME_MAX_BYTES", "NotInitialized",
     "PublishResult", "QuotaExceeded", "REPLICA_MARKER", "RESERVED_PREFIX", "Repository",
     "RepositoryError", "RepositoryLocked", "StagedFile", "StorageFull", "Transaction", "TransactionAbandoned",
-    "ValidPath", "atomic_write", "catalog_path", "content_digest", "fsync_dir", "parent_namespace",
+    "ValidPath", "atomic_write", "catalog_path", "fsync_dir", "parent_namespace",
     "split_path", "top_namespace", "utcnow", "validate_artifact_name", "validate_name",
 ]

@@ -51,7 +51,7 @@ from .errors import (ArtifactExists, ArtifactNotFound, InvalidPath, QuotaExceede
 from .files import atomic_write
 from .names import MARKER_NAME, catalog_path, namespaces_of, parent_namespace, top_namespace
 from .staged import StagedTree
-from .state import ArtifactRow, ContentDigest, State, full_disk_is_storage_full
+from .state import ArtifactRow, State, full_disk_is_storage_full, summarize
 
 if TYPE_CHECKING:
     import sqlite3
@@ -99,20 +99,6 @@ def recover(repo: "Repository") -> None:
 
 def _path_of(e: Entry) -> str:
     return e.path
-
-
-def summarize(entries: list[Entry], base: str) -> tuple[str, int, int]:
-    """The content digest (:func:`content_digest`), bytes and number of regular files of an
-    artifact's ``entries`` (in path order), in one pass: three passes over a 10,000-file
-    artifact were a tenth of its publish."""
-    digest = ContentDigest(base)
-    size = files = 0
-    for e in entries:
-        digest.add(e)
-        if e.is_regular:
-            size += e.size
-            files += 1
-    return digest.hexdigest(), size, files
 
 
 def store_catalog_file(repo: "Repository", raw: Path) -> tuple[str, int]:
@@ -574,14 +560,7 @@ class Commit:
         straight into a file and compressed into the store piece by piece.
         """
         repo, now, top_path = self.repo, self.now, "/" + name
-        digest = ContentDigest(top_path)
-        size = files = 0
-        for e, _subdirs in tree.entries():
-            digest.add(e)
-            if e.is_regular:
-                size += e.size
-                files += 1
-        hexdigest = digest.hexdigest()
+        hexdigest, size, files = summarize((e for e, _subdirs in tree.entries()), top_path)
         if old is not None and hexdigest == old.content_digest:
             row = self.new_rows[name] = copy.copy(old)
             row.expires_at = expires_at

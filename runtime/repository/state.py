@@ -204,12 +204,18 @@ class ContentDigest:
         return self._sha.hexdigest()
 
 
-def content_digest(tree: dict[str, Entry], base: str) -> str:
-    """Identity of an artifact's content (names, types, modes, bytes, targets; not mtimes)."""
+def summarize(entries: Iterable[Entry], base: str) -> tuple[str, int, int]:
+    """The identity of an artifact's content (names, types, modes, bytes, targets; not
+    mtimes) from its ``entries`` in path order, with its bytes and number of regular files,
+    in one pass (three passes over a 10,000-file artifact were a tenth of its publish)."""
     digest = ContentDigest(base)
-    for path in sorted(tree):
-        digest.add(tree[path])
-    return digest.hexdigest()
+    size = files = 0
+    for e in entries:
+        digest.add(e)
+        if e.is_regular:
+            size += e.size
+            files += 1
+    return digest.hexdigest(), size, files
 
 
 def _nearly_full(directory: Path) -> bool:

@@ -44,15 +44,15 @@ from .names import (ValidPath, as_parts, catalog_path, permissions, split_path,
                     validate_artifact_name, validate_mtime, validate_size,
                     validate_symlink_target)
 from .space import CHECK_EVERY_BYTES
-
-#: Files of a tree past which ``add_tree`` starts the helper processes (~60-100 ms to start,
-#: paid back after a few thousand files; a small tree never starts them).
-HELPER_TREE_FILES = 1000
 from .staged import StagedTree
 
 if TYPE_CHECKING:
     from .commit import PublishResult
     from .repository import Repository
+
+#: Files of a tree past which ``add_tree`` starts the helper processes (~60-100 ms to start,
+#: paid back after a few thousand files; a small tree never starts them).
+HELPER_TREE_FILES = 1000
 
 
 @dataclass
