@@ -133,3 +133,20 @@ def client(srv) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
 
     with httpx.Client(base_url=srv.url, headers=auth(), timeout=60) as c:
         yield c
+
+
+# -- a local repository -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def repo(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """An initialised repository in ``tmp_path`` (tests/uploadkit.py's FQRN, default config);
+    a test module that needs another configuration defines its own ``repo``."""
+    from runtime.repository import Repository
+    from runtime.settings import RepositoryConfig
+    from tests.uploadkit import FQRN
+
+    r = Repository(tmp_path / "data", tmp_path / "keys", RepositoryConfig(fqrn=FQRN))
+    r.init()
+    yield r
+    r.close()

@@ -9,12 +9,9 @@ import tarfile
 import tracemalloc
 
 import httpx
-import pytest
 
 from runtime.ingest import stage_archive
-from runtime.repository import Repository
 from runtime.server import downloads
-from runtime.settings import RepositoryConfig
 from tests.live_server import live_server
 from tests.uploadkit import FQRN, TOKEN, settings
 
@@ -63,14 +60,6 @@ def check_tar(data: bytes | str, name: str, files: int, dirs: int) -> None:
     assert seen == ({name, f"{name}/empty", f"{name}/d0/link"} | {f"{name}/d{d}" for d in
                     range(dirs)} | subdirs | {f"{name}/d{i % dirs}/s{i % 10}/f{i}.txt"
                                               for i in range(files)})
-
-
-@pytest.fixture
-def repo(tmp_path):
-    r = Repository(tmp_path / "data", tmp_path / "keys", RepositoryConfig(fqrn=FQRN))
-    r.init()
-    yield r
-    r.close()
 
 
 def test_a_100k_entry_directory_streams_in_constant_memory(repo, tmp_path):

@@ -12,22 +12,8 @@ import io
 import tarfile
 import tracemalloc
 
-import pytest
-
 from runtime.ingest import stage_archive
-from runtime.repository import Repository
-from runtime.settings import RepositoryConfig
 from tests.ingestkit import _raw_header, empty_files_tar
-
-FQRN = "memory.example.org"
-
-
-@pytest.fixture
-def repo(tmp_path):
-    r = Repository(tmp_path / "data", tmp_path / "keys", RepositoryConfig(fqrn=FQRN))
-    r.init()
-    yield r
-    r.close()
 
 
 def test_staging_many_members_keeps_no_state_per_member(repo):

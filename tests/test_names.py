@@ -188,16 +188,22 @@ def test_artifact_and_namespace_conflicts_are_409_and_publish_nothing(srv, clien
     assert snapshot(repo_of(srv)) == before
 
 
+def staged_pair(repo, names: tuple[str, str], data: bytes) -> list:
+    """Two open transactions, each staging one file artifact of ``names``."""
+    txs = []
+    for name in names:
+        tx = repo.begin()
+        tx.artifact(name)
+        tx.add_file(name, data)
+        txs.append(tx)
+    return txs
+
+
 def test_conflict_is_decided_at_commit_for_racing_uploads(srv):
     """Both uploads pass the request-time check; the group commit lets only the first in."""
     repo = repo_of(srv)
     for first, second in (("r/s", "r/s/t"), ("q/s/t", "q/s")):
-        txs = []
-        for name in (first, second):
-            tx = repo.begin()
-            tx.artifact(name)
-            tx.add_file(name, b"raced")
-            txs.append(tx)
+        txs = staged_pair(repo, (first, second), b"raced")
         result = repo.publish(*txs)
         assert result.error_for(txs[0]) is None
         assert isinstance(result.error_for(txs[1]), ArtifactExists)
@@ -205,12 +211,7 @@ def test_conflict_is_decided_at_commit_for_racing_uploads(srv):
         assert first in names and second not in names
     # staged side by side, committed one after the other: the second finds the first's row
     for first, second in (("m/n", "m/n/o"), ("k/l/m", "k/l")):
-        txs = []
-        for name in (first, second):
-            tx = repo.begin()
-            tx.artifact(name)
-            tx.add_file(name, b"staged together")
-            txs.append(tx)
+        txs = staged_pair(repo, (first, second), b"staged together")
         txs[0].publish()
         with pytest.raises(ArtifactExists):
             txs[1].publish()
