@@ -164,6 +164,30 @@ class DockerTarget:
         return image.image_id
 
     # -- containers ---------------------------------------------------------------------------
+    def _hardening(self, role: str) -> dict:
+        """The settings every long-running container shares, the site cache included: the
+        runtime user, a read-only root with a noexec tmpfs on /tmp, no capabilities,
+        ``no-new-privileges``, the stack's restart policy, the network under the role's alias,
+        and rotated json-file logs. One place, so that no role can drift from the others."""
+        assert self.network is not None, "prepare() first"
+        return dict(
+            user=f"{contract.UID}:{contract.GID}",
+            read_only=True,
+            tmpfs={contract.TMP_DIR: TMPFS_OPTIONS},
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=["no-new-privileges:true"],
+            privileged=False,
+            restart=self.config.docker.restart,
+            networks_advanced=[
+                docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[role])
+            ],
+            log_driver="json-file",
+            log_opts={
+                "max-size": self.config.docker.log_max_size,
+                "max-file": str(self.config.docker.log_max_files),
+            },
+        )
+
     def _container(
         self,
         role: str,
@@ -229,16 +253,7 @@ class DockerTarget:
             image=image,
             command=command,
             envs=[f"{key}={value}" for key, value in sorted(env.items())],
-            user=f"{contract.UID}:{contract.GID}",
-            read_only=True,
-            tmpfs={contract.TMP_DIR: TMPFS_OPTIONS},
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=["no-new-privileges:true"],
-            privileged=False,
-            restart=self.config.docker.restart,
-            networks_advanced=[
-                docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[role])
-            ],
+            **self._hardening(role),
             ports=ports,
             volumes=volumes,
             healthcheck=healthcheck,
@@ -254,11 +269,6 @@ class DockerTarget:
             destroy_grace_seconds=contract.STOP_GRACE_S,
             stop_timeout=contract.STOP_GRACE_S,
             stop_signal=stop_signal,
-            log_driver="json-file",
-            log_opts={
-                "max-size": self.config.docker.log_max_size,
-                "max-file": str(self.config.docker.log_max_files),
-            },
             opts=pulumi.ResourceOptions(
                 parent=parent, depends_on=depends_on, delete_before_replace=True
             ),
@@ -386,7 +396,10 @@ class DockerTarget:
     def site_cache(self, spec: CacheSpec, parent: pulumi.Resource) -> Endpoint:
         """``<name>-site-cache``: squid, its configuration from a files volume (read-only), its
         disk cache on the named volume ``<name>-site-cache`` (kept across container
-        replacement), the same hardening as every container; published on ``siteCache.port``."""
+        replacement), the same hardening as every container; published on ``siteCache.port``.
+
+        Its stop grace is the engine's default 10 s, like the Kubernetes target's termination
+        grace: squid finishes the answers in flight within ``shutdown_lifetime`` (3 s)."""
         assert self.network is not None, "prepare() first"
         role = "site-cache"
         # fixed engine names: delete before replace (see the module docstring)
@@ -416,16 +429,7 @@ class DockerTarget:
             name=f"{self.name}-{role}",
             image=spec.image,
             command=spec.command,
-            user=f"{contract.UID}:{contract.GID}",
-            read_only=True,
-            tmpfs={contract.TMP_DIR: TMPFS_OPTIONS},
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=["no-new-privileges:true"],
-            privileged=False,
-            restart=self.config.docker.restart,
-            networks_advanced=[
-                docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[role])
-            ],
+            **self._hardening(role),
             ports=[
                 docker.ContainerPortArgs(
                     internal=spec.port, external=site.port,
@@ -445,11 +449,6 @@ class DockerTarget:
             wait=True,
             wait_timeout=120,
             must_run=True,
-            log_driver="json-file",
-            log_opts={
-                "max-size": self.config.docker.log_max_size,
-                "max-file": str(self.config.docker.log_max_files),
-            },
             opts=pulumi.ResourceOptions(
                 parent=parent, depends_on=[loader.container], delete_before_replace=True
             ),

@@ -81,6 +81,23 @@ def test_docker_container_is_hardened_with_probe_resources_and_volumes(docker_ca
     assert "cvmfs-test-site-cache" in docker_cache.names(VOLUME)
 
 
+HARDENING = ("user", "readOnly", "tmpfs", "capabilities", "securityOpts", "privileged",
+             "restart", "logDriver", "logOpts")
+
+
+def test_docker_squid_shares_every_service_container_hardening(docker_cache):
+    """The site cache is hardened by the same code as the runtime's containers: the same user,
+    root, tmpfs, capabilities, restart policy and log rotation, on the same network."""
+    squid = docker_cache.get(CONTAINER, "cvmfs-test-site-cache").inputs
+    upload = docker_cache.get(CONTAINER, "cvmfs-test-upload").inputs
+    assert {k: squid.get(k) for k in HARDENING} == {k: upload.get(k) for k in HARDENING}
+    assert squid["logOpts"] == {"max-size": "10m", "max-file": "3"}
+    assert squid["networksAdvanced"][0]["name"] == upload["networksAdvanced"][0]["name"]
+    # squid stops within shutdown_lifetime (3 s): the engine's default 10 s grace, as on
+    # Kubernetes; the runtime's containers wait out their drain instead
+    assert "stopTimeout" not in squid and upload["stopTimeout"] == 90
+
+
 def test_docker_squid_conf_is_the_rendered_one_and_only_reaches_stratum0(docker_cache):
     loader = docker_cache.get(CONTAINER, "cvmfs-test-site-cache-files")
     assert loader.inputs["start"] is False and loader.inputs["networkMode"] == "none"
