@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.repository import Repository  # noqa: E402
 from runtime.server import downloads  # noqa: E402
-from tests.serverproc import free_port  # noqa: E402
+from tests.serverproc import free_port, proc_status  # noqa: E402
 from runtime.settings import RepositoryConfig  # noqa: E402
 
 FQRN = "bench.example.org"
@@ -53,13 +53,6 @@ def make_tar(entries: int) -> bytes:
             info.mtime = 1704067200
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def drive(pieces) -> int:  # type: ignore[no-untyped-def]
@@ -134,13 +127,13 @@ def main() -> None:
             print(f"   {label:34} {med:6.2f} s ({med / base:4.2f}x the tree held whole)  "
                   f"peak {peaks[label] / 2**20:6.1f} MiB")
 
-        idle = rss_kib(proc.pid)
+        idle = proc_status("VmRSS", proc.pid) // 1024
         peak = [idle]
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], rss_kib(proc.pid))
+                peak[0] = max(peak[0], proc_status("VmRSS", proc.pid) // 1024)
                 time.sleep(0.02)
 
         def fetch() -> float:

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
-from tests.serverproc import free_port  # noqa: E402
+from tests.serverproc import free_port, proc_status  # noqa: E402
 
 from runtime.cvmfs import keys as keys_mod  # noqa: E402
 from runtime.cvmfs import manifest as manifest_mod  # noqa: E402
@@ -165,10 +165,7 @@ def client_main(conn: Connection, port: int) -> None:
 # --- the gateway and the publisher --------------------------------------------------------------
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_status("VmRSS", pid) / 2**20
 
 
 def cpu_s(pid: int) -> float:
@@ -180,7 +177,8 @@ def cpu_s(pid: int) -> float:
 def start_gateway(work: Path, port: int) -> subprocess.Popen:
     env = dict(os.environ, CVMFS_EPHEMERAL_DATA_DIR=str(work / "data"),
                CVMFS_EPHEMERAL_KEYS_DIR=str(work / "keys"), CVMFS_EPHEMERAL_LOG_LEVEL="warning",
-               CVMFS_EPHEMERAL_SCHEDULER="false", CVMFS_EPHEMERAL_HOST="127.0.0.1")
+               CVMFS_EPHEMERAL_SCHEDULER="false", CVMFS_EPHEMERAL_HOST="127.0.0.1",
+               CVMFS_EPHEMERAL_REPOSITORIES=FQRN)
     proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", "--role", "gateway",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                             cwd=Path(__file__).resolve().parents[1])

@@ -17,15 +17,10 @@ from pathlib import Path
 from typing import Iterator
 
 from harness import REPO_ROOT
+from tests.serverproc import free_port  # noqa: F401 - the runners' one free-port helper
 
 CONF = REPO_ROOT / "deploy" / "nginx" / "stratum0.conf"
 NOBODY = 65534
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def render(conf: str, data_dir: Path, tmp_dir: Path, port: int, log: Path) -> str:

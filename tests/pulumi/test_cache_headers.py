@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import httpx
 import pytest
 
 from harness import REPO_ROOT
-from nginx_runner import nginx_binary, running_nginx
+from nginx_runner import free_port, nginx_binary, running_nginx
 
 FQRN = "ci.example.org"
 SIGNED = "no-cache"
@@ -32,12 +31,6 @@ if nginx_binary() is None:
     if os.environ.get("CI"):
         raise RuntimeError("nginx missing in CI: .ci/run must install nginx-light")
     pytest.skip("nginx not installed (apt-get install nginx-light)", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,7 @@ def _servers(work: Path):
            "CVMFS_EPHEMERAL_TOKENS": "header-test-token-0123456789"}
     subprocess.run([sys.executable, "-m", "runtime", "init", FQRN], cwd=REPO_ROOT, env=env,
                    check=True, capture_output=True, timeout=120)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", "--port", str(port)],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
