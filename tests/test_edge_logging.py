@@ -128,18 +128,42 @@ def test_an_insane_request_id_is_replaced(serve: Serve) -> None:
 
 def test_refused_requests_are_one_warning_with_status_and_reason(serve: Serve) -> None:
     r = httpx.put(f"{serve.url}/repos/{FQRN}/x", content=b"1",
-                  headers={"Authorization": "Bearer not-the-token"}, timeout=10)
+                  headers={"Authorization": "Bearer not-the-token", "X-Request-ID": "r-403"},
+                  timeout=10)
     assert r.status_code == 403
-    r2 = httpx.put(f"{serve.url}/repos/{FQRN}/.cvmfs-reserved", content=b"1", headers=auth(),
-                   timeout=10)
+    r2 = httpx.put(f"{serve.url}/repos/{FQRN}/.cvmfs-reserved", content=b"1",
+                   headers={**auth(), "X-Request-ID": "r-400"}, timeout=10)
     assert r2.status_code == 400
+    r3 = httpx.delete(f"{serve.url}/repos/{FQRN}/never-uploaded",
+                      headers={**auth(), "X-Request-ID": "r-404"}, timeout=10)
+    assert r3.status_code == 404
+    r4 = httpx.get(f"{serve.url}/repos/{FQRN}/never-uploaded",
+                   headers={"X-Request-ID": "r-get-404"}, timeout=10)
+    assert r4.status_code == 404
     lines = serve.lines()
-    refused = [line for line in events(lines, "runtime.access") if line["level"] == "warning"]
-    assert [(line["status"], line["reason"]) for line in refused] == [
-        (403, "invalid token"), (400, r2.json()["detail"])]
+    by_request = {rid: [line for line in lines if line["request_id"] == rid]
+                  for rid in ("r-403", "r-400", "r-404", "r-get-404")}
+    warnings = {rid: [(line["logger"], line["status"], line["reason"])
+                      for line in mine if line["level"] == "warning"]
+                for rid, mine in by_request.items()}
+    uploads, access = "runtime.server.uploads", "runtime.access"
+    assert warnings == {
+        # a refusal that a route reports in its own event line (with the token's label)
+        "r-403": [(uploads, 403, "invalid token")],
+        "r-400": [(uploads, 400, r2.json()["detail"])],
+        "r-404": [(uploads, 404, r3.json()["detail"])],
+        # a download has no event line of its own: the access line is the warning
+        "r-get-404": [(access, 404, r4.json()["detail"])],
+    }
     ups = events(lines, "runtime.server.uploads")
     assert [(u["outcome"], u["status"], u["token"]) for u in ups] == [
-        ("refused", 403, None), ("refused", 400, "env-1")]
+        ("refused", 403, None), ("refused", 400, "env-1"), ("refused", 404, "env-1")]
+    # the access log still has its one line per request, with status and reason, at info
+    for rid in ("r-403", "r-400", "r-404"):
+        lines_of = [line for line in by_request[rid] if line["logger"] == access]
+        assert [(line["level"], line["method"]) for line in lines_of] in (
+            [("info", "PUT")], [("info", "DELETE")]), rid
+        assert lines_of[0]["reason"] and lines_of[0]["message"].startswith("refused ")
     assert "not-the-token" not in serve.log_path.read_text()
 
 

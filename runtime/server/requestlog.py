@@ -7,8 +7,12 @@ the response's ``X-Request-ID``, so a CI job can quote it to an operator.
 
 Lines (logger ``runtime.access``):
 
-- a refused request (status >= 400) is always logged, at warning (error for 5xx), with its
-  status and the one-line reason from the JSON answer (``detail``);
+- a refused request (status >= 400) is always logged with its status and the one-line reason
+  from the JSON answer (``detail``): at warning (error for 5xx), unless the route wrote the
+  request's own event line (an upload, a delete, a TTL or pin change: :func:`event_logged`),
+  which then is the one warning of that refusal and carries what the access line cannot (the
+  token's label, the artifact); the access line stays, at info, so that the access log still
+  has one line per request;
 - with ``CVMFS_EPHEMERAL_ACCESS_LOG=api`` (the default) every other request of the upload API,
   the admin routes and the notification API is logged at info, and the stratum 0 files,
   ``/healthz`` and ``/metrics`` at debug; ``all`` logs those at info too; ``off`` logs every
@@ -20,6 +24,7 @@ never logged: the app's own event lines name the token by its label.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -40,6 +45,21 @@ SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 QUIET_PREFIXES = ("/cvmfs/", "/cvmfs-meta/", "/healthz", "/metrics")
 #: Bytes of an error answer kept to read its ``detail`` (our errors are one short line).
 DETAIL_BYTES = 4096
+
+
+#: Per request, set by the middleware: a one-item list that :func:`event_logged` sets to True.
+#: A list, not a bool, so that a route running in a copied context (a worker thread, a task
+#: group) still reaches the middleware's own flag.
+_event_line: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "event_line", default=None)
+
+
+def event_logged() -> None:
+    """Called by a route that wrote this request's own event line: its refusal is reported
+    there, at warning, and the access line need not report it a second time."""
+    flag = _event_line.get()
+    if flag is not None:
+        flag[0] = True
 
 
 def request_id_from(scope: Scope) -> str:
@@ -81,6 +101,8 @@ class RequestLogMiddleware:
             return
         rid = request_id_from(scope)
         token = logs.request_id.set(rid)
+        event_line = [False]
+        event_token = _event_line.set(event_line)
         started = time.perf_counter()
         seen: dict[str, Any] = {"status": 0, "bytes": 0, "error": b""}
 
@@ -100,10 +122,12 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self._line(scope, seen, time.perf_counter() - started)
+            self._line(scope, seen, time.perf_counter() - started, event_line[0])
+            _event_line.reset(event_token)
             logs.request_id.reset(token)
 
-    def _line(self, scope: Scope, seen: dict[str, Any], duration: float) -> None:
+    def _line(self, scope: Scope, seen: dict[str, Any], duration: float,
+              event_logged: bool) -> None:
         status = seen["status"] or 500  # the app died before answering: uvicorn sends 500
         path = scope.get("path", "")
         client = scope.get("client") or ("?", 0)
@@ -113,12 +137,13 @@ class RequestLogMiddleware:
         stratum0_miss = status == 404 and path.startswith(QUIET_PREFIXES)
         if status >= 400 and status != 499 and not stratum0_miss:
             reason = _detail(seen["error"])
-            logs.event(log, logging.WARNING if status < 500 else logging.ERROR,
-                       f"refused {fields['method']} {path}: {status} {reason}",
+            level = (logging.INFO if event_logged
+                     else logging.WARNING if status < 500 else logging.ERROR)
+            logs.event(log, level, f"refused {fields['method']} {path}: {status} {reason}",
                        reason=reason, **fields)
         else:
             level = logging.DEBUG if self._quiet(path) else logging.INFO
             logs.event(log, level, f"{fields['method']} {path} {status}", **fields)
 
 
-__all__ = ["RequestLogMiddleware", "request_id_from"]
+__all__ = ["RequestLogMiddleware", "event_logged", "request_id_from"]

@@ -44,7 +44,7 @@ from ..repository import (ArtifactExists, ArtifactNotFound, InvalidPath, NotInit
 from ..repository.names import (child_namespaces, namespaces_of, parent_namespace,
                                 refuse_route_name)
 from ..settings import Settings
-from . import digests, downloads, retention
+from . import digests, downloads, requestlog, retention
 from .auth import Authorizer
 from .bodytimeout import BodyIdleTimeout
 from .committer import GroupCommitter
@@ -397,6 +397,7 @@ async def upload(service: UploadService, request: Request, fqrn: str, name: str 
         if reason:
             fields["reason"] = reason
         logs.event(log, level, f"upload {fqrn}/{record['name'] or '?'}: {outcome}", **fields)
+        requestlog.event_logged()
 
 
 async def _client_gone(request: Request) -> bool:
@@ -645,8 +646,10 @@ class _ChangeLog:
                   "outcome": outcome, "duration_s": round(time.perf_counter() - self.started, 6)}
         if self.reason:
             fields["reason"] = self.reason
-        logs.event(log, logging.INFO if self.status < 400 else logging.WARNING,
-                   f"{self.what} {self.fqrn}/{self.name}: {outcome}", **fields)
+        level = (logging.INFO if self.status < 400
+                 else logging.WARNING if self.status < 500 else logging.ERROR)
+        logs.event(log, level, f"{self.what} {self.fqrn}/{self.name}: {outcome}", **fields)
+        requestlog.event_logged()
 
 
 #: Kept for callers of the old name (tests/test_unpack.py reads files back with it).
