@@ -110,6 +110,17 @@ def filesystem_swing(tar_rates: list[float]) -> str | None:
             "their own baseline, and start runs six minutes after any mass deletion")
 
 
+def journal_note(path: Path) -> str | None:
+    """The server's own start-up warning (runtime/repository/filesystem.py) when ``path`` is on
+    ext4 without a journal, where the rounds after a mass deletion (the previous run's cleanup)
+    create files several times slower: the reader then knows to wait six minutes between runs
+    or to read the rounds one by one."""
+    from runtime.repository.filesystem import object_store_warnings
+
+    warnings = object_store_warnings(path)
+    return f"   note: {warnings[0]}" if warnings else None
+
+
 def load() -> str:
     """The 1-minute load average, printed beside each round: on a shared machine it says
     which rounds were measured under someone else's load."""

@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.baselines import (default_dir, direct_write, filesystem_swing, load, spread,  # noqa: E402
-                             tar_extract_sync, zlib_single)
+from bench.baselines import (default_dir, direct_write, filesystem_swing,  # noqa: E402
+                             journal_note, load, spread, tar_extract_sync, zlib_single)
 from runtime.repository import Repository  # noqa: E402
 from runtime.settings import RepositoryConfig  # noqa: E402
 
@@ -302,6 +302,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-publish-", dir=base))
     repeat = max(1, args.repeat)
     print(f"publish benchmark ({os.cpu_count()} CPUs, in {root}, {repeat} rounds)")
+    if journal_note(root):
+        print(journal_note(root))
     try:
         # Small files first: freeing gigabytes on a filesystem mounted with discard stalls
         # metadata operations for a while afterwards.

@@ -46,8 +46,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.baselines import (default_dir, direct_write, filesystem_swing, load, spread,  # noqa: E402
-                             tar_extract_sync)
+from bench.baselines import (default_dir, direct_write, filesystem_swing,  # noqa: E402
+                             journal_note, load, spread, tar_extract_sync)
 from tests.serverproc import ServeProcess  # noqa: E402
 FQRN = "bench.example.org"
 TOKEN = "bench-token"
@@ -354,6 +354,8 @@ def main() -> None:
 
         print(f"\nupload benchmark ({os.cpu_count()} CPUs, data in {workdir}, "
               f"compression {args.compression})")
+        if journal_note(workdir):
+            print(journal_note(workdir))
         for row in rows:
             print(f"  {row[0]:40} {row[1]:>24}   vs {row[2]:36} {row[3]}")
     finally:

@@ -36,6 +36,7 @@ from ..gateway import routes as gateway_routes
 from ..gateway.hub import Hub
 from ..gateway.notifier import HttpNotifier, LocalNotifier, Notifier
 from ..repository import Repository
+from ..repository.filesystem import object_store_warnings
 from ..settings import Settings
 from ..version import __version__
 from . import admin, stratum0, ui, uploads
@@ -114,6 +115,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings) -> FastAPI:
     writes = settings.role in ("all", "upload")
     repositories = open_repositories(settings) if writes else {}
+    if writes:
+        for warning in object_store_warnings(settings.data_dir):
+            log.warning("%s", warning)
     hub = Hub.from_settings(settings) if settings.role in ("all", "gateway") else None
     notifier = _make_notifier(settings, hub) if writes else None
     metrics = Metrics(repositories, hub.subscriber_counts if hub is not None else None)
