@@ -294,6 +294,10 @@ def main() -> None:
                     help="where to work: the filesystem under test (default: beside the "
                          "data directory)")
     ap.add_argument("--only", choices=["big", "small", "latency"], default=None)
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the scratch directory instead of deleting it: on ext4 without "
+                         "a journal, deleting its files slows the small-file rounds of a run "
+                         "started within six minutes (README, \"Benchmarks\")")
     ap.add_argument("--only-namespaces", action="store_true",
                     help="run only 5. (hierarchical names: deep publishes, prefix listing)")
     args = ap.parse_args()
@@ -319,7 +323,10 @@ def main() -> None:
         if args.only is None:
             bench_namespaces(root, args.artifacts, args.files_per_artifact, args.samples)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

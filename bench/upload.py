@@ -253,6 +253,10 @@ def main() -> None:
     ap.add_argument("--fresh-server", action="store_true",
                     help="start a new server before every tarball round")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the data directory instead of deleting it: on ext4 without a "
+                         "journal, deleting its objects slows the first round of a run started "
+                         "within six minutes (README, \"Benchmarks\")")
     ap.add_argument("--only", default=",".join(MEASUREMENTS),
                     help=f"comma list of measurements to run, of {', '.join(MEASUREMENTS)}")
     ap.add_argument("--repeat", type=int, default=5,
@@ -360,7 +364,10 @@ def main() -> None:
             print(f"  {row[0]:40} {row[1]:>24}   vs {row[2]:36} {row[3]}")
     finally:
         server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 class PeakRss:
