@@ -6,7 +6,10 @@ same filesystem, so that a shared or noisy machine shifts both and the ratio sta
 - :func:`direct_write`: the device's own write speed (``O_DIRECT``, no page cache);
 - :func:`zlib_single`: one single-core pass of stock zlib at the default level;
 - :func:`tar_extract_sync`: ``tar -x`` of an archive plus ``sync -f`` of its filesystem, what
-  creating the same files with the system's own C tools costs.
+  creating the same files with the system's own C tools costs;
+- :func:`copy_tree_sync`: ``cp -r`` of a tree plus ``sync -f``, what the system's own tool
+  pays for what a local publish of that tree must do at the least: read every file and create
+  a durable copy of each (``tar -x`` reads one archive instead of one file per file).
 """
 
 from __future__ import annotations
@@ -78,8 +81,20 @@ def tar_extract_sync(archive: Path, out: Path) -> float:
     out.mkdir(parents=True)
     started = time.perf_counter()
     subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
-    if subprocess.run(["sync", "-f", str(out)], capture_output=True).returncode:
+    _syncfs(out)
+    return time.perf_counter() - started
+
+
+def _syncfs(path: Path) -> None:
+    if subprocess.run(["sync", "-f", str(path)], capture_output=True).returncode:
         os.sync()  # a sync without -f (not coreutils): everything
+
+
+def copy_tree_sync(src: Path, out: Path) -> float:
+    """Seconds for ``cp -r src out`` followed by ``sync -f out`` (``out`` must not exist)."""
+    started = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(out)], check=True)
+    _syncfs(out)
     return time.perf_counter() - started
 
 

@@ -37,8 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.baselines import (default_dir, direct_write, filesystem_swing,  # noqa: E402
-                             journal_note, load, spread, tar_extract_sync, zlib_single)
+from bench.baselines import (copy_tree_sync, default_dir, direct_write,  # noqa: E402
+                             filesystem_swing, journal_note, load, spread,
+                             tar_extract_sync, zlib_single)
 from runtime.repository import Repository  # noqa: E402
 from runtime.settings import RepositoryConfig  # noqa: E402
 
@@ -154,10 +155,11 @@ def settle() -> None:
 
 
 def bench_small(root: Path, count: int, repeat: int) -> None:
-    """Each round: new files, their tar archive (untimed); then ``tar -x`` + ``sync`` of it and
-    our publish of the same tree (which ends with its own ``syncfs``), in alternating order."""
+    """Each round: new files, their tar archive (untimed); then ``tar -x`` + ``sync`` of it,
+    ``cp -r`` + ``sync`` of the tree, and our publish of the same tree (which ends with its own
+    ``syncfs``), in an order that rotates from round to round."""
     repo = new_repo(root, "small", compression="none")
-    ours, base, ratios = [], [], []
+    ours, base, copies, ratios, copy_ratios = [], [], [], [], []
     for r in range(repeat):
         src = root / f"small-src{r}"
         make_small_files(src, count, seed=1000 + r)
@@ -172,21 +174,26 @@ def bench_small(root: Path, count: int, repeat: int) -> None:
             tx.publish()
             return time.perf_counter() - t
 
-        if r % 2:
-            t_ours = publish()
+        runs = {"ours": publish,
+                "tar": lambda: tar_extract_sync(archive, root / f"small-x{r}"),
+                "cp": lambda: copy_tree_sync(src, root / f"small-cp{r}")}
+        order = list(runs)[r % 3:] + list(runs)[:r % 3]
+        took = {}
+        for name in order:
+            took[name] = runs[name]()
             settle()
-            t_tar = tar_extract_sync(archive, root / f"small-x{r}")
-        else:
-            t_tar = tar_extract_sync(archive, root / f"small-x{r}")
-            settle()
-            t_ours = publish()
-        ours.append(count / t_ours)
-        base.append(count / t_tar)
-        ratios.append(t_tar / t_ours)
-        print(f"   round {r + 1}: {count / t_ours:8,.0f} files/s vs tar -x + sync "
-              f"{count / t_tar:8,.0f} files/s = {t_tar / t_ours:.2f}  (load {load()})", flush=True)
+        ours.append(count / took["ours"])
+        base.append(count / took["tar"])
+        copies.append(count / took["cp"])
+        ratios.append(took["tar"] / took["ours"])
+        copy_ratios.append(took["cp"] / took["ours"])
+        print(f"   round {r + 1}: {count / took['ours']:8,.0f} files/s vs tar -x + sync "
+              f"{count / took['tar']:8,.0f} files/s = {ratios[-1]:.2f}, cp -r + sync "
+              f"{count / took['cp']:8,.0f} files/s = {copy_ratios[-1]:.2f}  (load {load()})",
+              flush=True)
     print(f"3. {count} small files (1-4 KiB, 100 dirs): {spread(ours)} files/s   tar -x + sync "
-          f"{spread(base)} files/s   ratio {spread(ratios, '{:.2f}')} (target >= 2)")
+          f"{spread(base)} files/s   ratio {spread(ratios, '{:.2f}')} (target >= 2); "
+          f"cp -r + sync {spread(copies)} files/s   ratio {spread(copy_ratios, '{:.2f}')}")
     swing = filesystem_swing(base)
     if swing:
         print(swing)

@@ -44,6 +44,7 @@ RUNS: dict[str, tuple[list[str], str]] = {
     "publish": (["--size-mib", "8", "--small-files", "500", "--artifacts", "20",
                  "--files-per-artifact", "10", "--samples", "10", "--repeat", "1",
                  "--dir", "{work}"],
+                r"tar -x \+ sync [\d,]+ \[.*cp -r \+ sync [\d,]+ \[[\s\S]*"
                 r"baseline, top-level 1-file publish in the same run: p50\s+[\d.]+ ms"),
     "retention": (["--artifacts", "20", "--samples", "5", "--workdir", "{work}"],
                   r"baseline\s+p50\s+[\d.]+ ms"),
