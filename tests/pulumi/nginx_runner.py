@@ -14,13 +14,36 @@ import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from harness import REPO_ROOT
 from tests.serverproc import free_port  # noqa: F401 - the runners' one free-port helper
 
 CONF = REPO_ROOT / "deploy" / "nginx" / "stratum0.conf"
 NOBODY = 65534
+
+
+def as_nobody(command: list[str]) -> list[str]:
+    """``command`` run as nobody when this process is root (as the images run the servers:
+    never as root), else unchanged."""
+    if os.geteuid() != 0:
+        return command
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+
+
+def wait_for_port(proc: subprocess.Popen, port: int, timeout_s: float,
+                  failure: Callable[[], str]) -> None:
+    """Return once something accepts connections on ``127.0.0.1:port``; ``RuntimeError`` with
+    ``failure()`` (the server's own output) when ``proc`` exits or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(failure()) from None
+            time.sleep(0.05)
 
 
 def render(conf: str, data_dir: Path, tmp_dir: Path, port: int, log: Path) -> str:
@@ -64,19 +87,11 @@ def running_nginx(data_dir: Path, work: Path) -> Iterator[str]:
         tmp_dir.chmod(0o777)
         log.touch()
         log.chmod(0o666)
-        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+        command = as_nobody(command)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.stdout.read().decode() if proc.stdout else ""
-                    raise RuntimeError(f"nginx did not start: {out}")
-                time.sleep(0.05)
+        wait_for_port(proc, port, 10, lambda: "nginx did not start: " + (
+            proc.stdout.read().decode() if proc.stdout else ""))
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -12,16 +12,14 @@ import dataclasses
 import os
 import re
 import shutil
-import socket
 import subprocess
-import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from components.squid_config import SquidSettings, render_squid_conf
-from nginx_runner import NOBODY, free_port
+from nginx_runner import NOBODY, as_nobody, free_port, wait_for_port
 
 
 def squid_binary() -> str | None:
@@ -46,12 +44,6 @@ class RunningSquid:
             if len(fields) >= 7 and fields[6].endswith(url_suffix):
                 out.append(fields[3])
         return out
-
-
-def _as_nobody(command: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return command
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
 
 
 @contextmanager
@@ -85,24 +77,16 @@ def running_squid(work: Path, settings: SquidSettings) -> Iterator[RunningSquid]
     # A service name of its own: squids running side by side never share a name or a segment.
     base = [binary, "-N", "-n", f"cvmfstest{port}", "-f", str(conf)]
     if settings.disk_cache_mb > 0:
-        made = subprocess.run(_as_nobody([*base, "-z"]), capture_output=True, text=True,
+        made = subprocess.run(as_nobody([*base, "-z"]), capture_output=True, text=True,
                               timeout=60)
         if made.returncode != 0:
             log = cache_log.read_text() if cache_log.exists() else ""
             raise RuntimeError(f"squid -z failed: {made.stderr}{made.stdout}{log[-2000:]}")
-    proc = subprocess.Popen(_as_nobody(base),
+    proc = subprocess.Popen(as_nobody(base),
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log = cache_log.read_text() if cache_log.exists() else ""
-                    raise RuntimeError(f"squid did not start: {log[-2000:]}")
-                time.sleep(0.05)
+        wait_for_port(proc, port, 30, lambda: "squid did not start: " + (
+            cache_log.read_text()[-2000:] if cache_log.exists() else ""))
         yield RunningSquid(url=f"http://127.0.0.1:{port}", port=port, access_log=access_log,
                            conf_text=text)
     finally:

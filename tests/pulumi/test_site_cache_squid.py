@@ -26,7 +26,7 @@ import pytest
 from components.squid_config import PROBE_PATH, SquidSettings
 from conftest import docker_config, kubernetes_config
 from harness import REPO_ROOT, run_program
-from nginx_runner import NOBODY, nginx_binary, running_nginx
+from nginx_runner import as_nobody, nginx_binary, running_nginx
 from squid_runner import origin_requests, running_squid, squid_binary
 from tests.cvmfs_reader import RepoReader
 
@@ -277,8 +277,7 @@ def test_the_shipped_configurations_parse_cleanly_on_real_squid(tmp_path, make_c
         if folder != Path("/"):
             folder.chmod(folder.stat().st_mode | 0o011)
     parsed = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"] * (os.geteuid() == 0)
-        + [squid_binary(), "-k", "parse", "-n", f"parse{os.getpid()}", "-f", str(path)],
+        as_nobody([squid_binary(), "-k", "parse", "-n", f"parse{os.getpid()}", "-f", str(path)]),
         capture_output=True, text=True, timeout=60,
     )
     output = parsed.stdout + parsed.stderr
