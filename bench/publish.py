@@ -313,8 +313,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-publish-", dir=base))
     repeat = max(1, args.repeat)
     print(f"publish benchmark ({os.cpu_count()} CPUs, in {root}, {repeat} rounds)")
-    if journal_note(root):
-        print(journal_note(root))
+    note = journal_note(root)  # reads /proc and /sys: once
+    if note:
+        print(note)
     try:
         # Small files first: freeing gigabytes on a filesystem mounted with discard stalls
         # metadata operations for a while afterwards.

@@ -358,8 +358,9 @@ def main() -> None:
 
         print(f"\nupload benchmark ({os.cpu_count()} CPUs, data in {workdir}, "
               f"compression {args.compression})")
-        if journal_note(workdir):
-            print(journal_note(workdir))
+        note = journal_note(workdir)  # reads /proc and /sys: once
+        if note:
+            print(note)
         for row in rows:
             print(f"  {row[0]:40} {row[1]:>24}   vs {row[2]:36} {row[3]}")
     finally:

@@ -40,7 +40,9 @@ class Ext4Mount:
     journal: bool
 
 
-def _existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest parent that exists: the filesystem a data directory not created
+    yet will be on (for the free-space check too, runtime/repository/space.py)."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -55,7 +57,7 @@ def ext4_of(path: Path, *, proc_ext4: Path | None = None, proc_jbd2: Path | None
     proc_jbd2 = proc_jbd2 or PROC_JBD2
     sys_dev_block = sys_dev_block or SYS_DEV_BLOCK
     try:
-        st = os.stat(_existing(Path(path)))
+        st = os.stat(nearest_existing(Path(path)))
         node = sys_dev_block / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
         device = os.path.basename(os.readlink(node))
     except OSError:
@@ -82,4 +84,4 @@ def object_store_warnings(path: Path, **roots: Path) -> list[str]:
             "it has no journal); use a filesystem with a journal (ext4's default, XFS)"]
 
 
-__all__ = ["Ext4Mount", "ext4_of", "object_store_warnings"]
+__all__ = ["Ext4Mount", "ext4_of", "nearest_existing", "object_store_warnings"]

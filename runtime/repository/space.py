@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from .errors import StorageFull
+from .filesystem import nearest_existing
 
 DEFAULT_MIN_FREE_BYTES = 256 * 1024 * 1024
 #: How much content may be staged between two checks of the free space (one ``statvfs``).
@@ -40,10 +41,7 @@ class SpaceGuard:
         self.reserve_file = self.path / "private" / RESERVE_FILE
 
     def free_bytes(self) -> int:
-        path = self.path
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        st = os.statvfs(path)
+        st = os.statvfs(nearest_existing(self.path))
         return st.f_bavail * st.f_frsize
 
     def check(self, incoming: int = 0) -> None:
