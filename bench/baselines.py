@@ -9,16 +9,23 @@ same filesystem, so that a shared or noisy machine shifts both and the ratio sta
   creating the same files with the system's own C tools costs;
 - :func:`copy_tree_sync`: ``cp -r`` of a tree plus ``sync -f``, what the system's own tool
   pays for what a local publish of that tree must do at the least: read every file and create
-  a durable copy of each (``tar -x`` reads one archive instead of one file per file).
+  a durable copy of each (``tar -x`` reads one archive instead of one file per file);
+- :func:`object_floor`: the work no publish of a tree can skip, done as cheaply as the kernel
+  allows: every file's bytes already in memory and hashed, then one new object file per file in
+  the 256 ``data/XX`` directories, created by one process per core, and one ``syncfs``. A
+  publish also reads the sources, hashes them and writes and signs a catalog, so no publish
+  on this filesystem and these cores can beat this figure.
 """
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -96,6 +103,58 @@ def copy_tree_sync(src: Path, out: Path) -> float:
     subprocess.run(["cp", "-r", str(src), str(out)], check=True)
     _syncfs(out)
     return time.perf_counter() - started
+
+
+def object_floor(src: Path, out: Path, workers: int | None = None) -> float:
+    """Seconds for ``workers`` processes (default: one per core) to create one object file per
+    file of ``src`` under ``out/data/XX/``, from bytes read and hashed beforehand, followed by
+    ``syncfs``: the lower bound of a local publish of ``src`` (module docstring).
+
+    Untimed: reading and hashing the files, creating the 256 directories (a repository has them
+    from its first publish on), the objects' paths and starting the processes, which wait on a
+    pipe for the start. Each process then makes the three system calls a new object needs
+    (open, write, close) and nothing else.
+    """
+    data = out / "data"
+    for i in range(256):
+        (data / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+    by_path: dict[str, bytes] = {}  # equal contents are one object, as in a publish
+    for file in sorted(src.rglob("*")):
+        if file.is_file():
+            blob = file.read_bytes()
+            digest = hashlib.sha1(blob).hexdigest()
+            by_path[f"{data}/{digest[:2]}/{digest[2:]}"] = blob
+    paths, blobs = list(by_path), list(by_path.values())
+    count = workers or os.cpu_count() or 1
+    go_read, go_write = os.pipe()
+    children = []
+    for worker in range(count):
+        pid = os.fork()
+        if pid == 0:  # the child: wait for the start, create its share, exit without cleanup
+            code = 1
+            try:
+                os.close(go_write)
+                os.read(go_read, 1)
+                for path, blob in zip(paths[worker::count], blobs[worker::count]):
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    os.write(fd, blob)
+                    os.close(fd)
+                code = 0
+            except OSError as exc:
+                print(f"object_floor worker {worker}: {exc}", file=sys.stderr)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    os.close(go_read)
+    started = time.perf_counter()
+    os.write(go_write, b"x" * count)
+    os.close(go_write)
+    failed = [pid for pid in children if os.waitpid(pid, 0)[1]]
+    _syncfs(out)
+    elapsed = time.perf_counter() - started
+    if failed:
+        raise RuntimeError(f"object_floor: {len(failed)} of {count} workers failed")
+    return elapsed
 
 
 def have_tar() -> bool:

@@ -9,6 +9,7 @@ assert nothing about speed, which the scripts themselves report on a quiet machi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -45,6 +46,7 @@ RUNS: dict[str, tuple[list[str], str]] = {
                  "--files-per-artifact", "10", "--samples", "10", "--repeat", "1",
                  "--dir", "{work}"],
                 r"tar -x \+ sync [\d,]+ \[.*cp -r \+ sync [\d,]+ \[[\s\S]*"
+                r"object floor .*: [\d,]+ \[.*\] files/s, [\d.]+ \[.*x tar -x \+ sync[\s\S]*"
                 r"baseline, top-level 1-file publish in the same run: p50\s+[\d.]+ ms"),
     "retention": (["--artifacts", "20", "--samples", "5", "--workdir", "{work}"],
                   r"baseline\s+p50\s+[\d.]+ ms"),
@@ -77,3 +79,24 @@ def test_benchmark_runs_and_prints_its_figure(name: str, tmp_path: Path) -> None
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert re.search(expected, output), f"no line matching {expected!r} in:\n{output[-4000:]}"
+
+
+def test_object_floor_creates_every_object_named_by_content(tmp_path: Path) -> None:
+    """The floor a small-file publish is compared with does the whole of its work: one object
+    per distinct content, named by SHA-1 under ``data/XX``, holding the file's bytes."""
+    sys.path.insert(0, str(ROOT))
+    from bench.baselines import object_floor
+
+    src = tmp_path / "src"
+    contents = {f"d{i % 3}/f{i}": os.urandom(100 + i) for i in range(40)}
+    contents["d0/same-as-f0"] = contents["d0/f0"]  # one object for two files, as a publish
+    for rel, blob in contents.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(blob)
+    out = tmp_path / "out"
+    seconds = object_floor(src, out, workers=3)
+    stored = {p.parent.name + p.name: p.read_bytes()
+              for p in (out / "data").glob("*/*")}
+    assert seconds > 0
+    assert stored == {hashlib.sha1(blob).hexdigest(): blob for blob in contents.values()}
+    assert len(stored) == 40
