@@ -111,9 +111,10 @@ def object_floor(src: Path, out: Path, workers: int | None = None) -> float:
     ``syncfs``: the lower bound of a local publish of ``src`` (module docstring).
 
     Untimed: reading and hashing the files, creating the 256 directories (a repository has them
-    from its first publish on), the objects' paths and starting the processes, which wait on a
-    pipe for the start. Each process then makes the three system calls a new object needs
-    (open, write, close) and nothing else.
+    from its first publish on; they are reused when ``out`` is, so that later rounds create
+    their objects in directories as old as the repository's), the objects' paths and starting
+    the processes, which wait on a pipe for the start. Each process then makes the three system
+    calls a new object needs (open, write, close) and nothing else.
     """
     data = out / "data"
     for i in range(256):

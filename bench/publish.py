@@ -18,7 +18,7 @@ Prints, for each of ``--repeat`` rounds (default 5) and then as median [min–ma
    listing of the same repository.
 
 Usage: ``python bench/publish.py [--dir DIR] [--repeat 5] [--size-mib 1024] [--small-files N]
-[--only big|small|latency]``. ``--dir`` (alias ``--workdir``) must be on the disk under test;
+[--only big|small|latency] [--floor-processes 1,2,4]``. ``--dir`` (alias ``--workdir``) must be on the disk under test;
 default: beside the data directory (``CVMFS_EPHEMERAL_DATA_DIR``, default ``var/data``).
 Nothing is deleted between the timed phases of a round (see :func:`settle`).
 """
@@ -155,15 +155,15 @@ def settle() -> None:
     os.sync()
 
 
-def bench_small(root: Path, count: int, repeat: int) -> None:
+def bench_small(root: Path, count: int, repeat: int, floor_processes: list[int]) -> None:
     """Each round: new files, their tar archive (untimed); then ``tar -x`` + ``sync`` of it,
-    ``cp -r`` + ``sync`` of the tree, the object floor of the tree (:func:`object_floor`) and
-    our publish of the same tree (which ends with its own ``syncfs``), in an order that rotates
-    from round to round. The floor's own ratio to ``tar -x`` + ``sync`` is the most any publish
-    can reach on this filesystem and these cores."""
+    ``cp -r`` + ``sync`` of the tree, the object floor of the tree with each number of
+    processes in ``floor_processes`` (:func:`object_floor`) and our publish of the same tree
+    (which ends with its own ``syncfs``), in an order that rotates from round to round. The
+    fastest floor's ratio to ``tar -x`` + ``sync`` is the most any publish can reach on this
+    filesystem and these cores."""
     repo = new_repo(root, "small", compression="none")
-    ours, base, copies, ratios, copy_ratios = [], [], [], [], []
-    floors, floor_ratios = [], []
+    took_all: list[dict[str, float]] = []
     for r in range(repeat):
         src = root / f"small-src{r}"
         make_small_files(src, count, seed=1000 + r)
@@ -180,33 +180,40 @@ def bench_small(root: Path, count: int, repeat: int) -> None:
 
         runs = {"ours": publish,
                 "tar": lambda: tar_extract_sync(archive, root / f"small-x{r}"),
-                "cp": lambda: copy_tree_sync(src, root / f"small-cp{r}"),
-                "floor": lambda: object_floor(src, root / f"small-floor{r}")}
+                "cp": lambda: copy_tree_sync(src, root / f"small-cp{r}")}
+        for n in floor_processes:
+            # one store per process count for all rounds, as the repository keeps its data/XX
+            runs[f"floor{n}"] = (lambda n=n: object_floor(src, root / f"small-floor-{n}", n))
         order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
         took = {}
         for name in order:
             took[name] = runs[name]()
             settle()
-        ours.append(count / took["ours"])
-        base.append(count / took["tar"])
-        copies.append(count / took["cp"])
-        ratios.append(took["tar"] / took["ours"])
-        copy_ratios.append(took["cp"] / took["ours"])
-        floors.append(count / took["floor"])
-        floor_ratios.append(took["tar"] / took["floor"])
+        took["floor"] = min(took[f"floor{n}"] for n in floor_processes)
+        took_all.append(took)
+        floors = ", ".join(f"{n} {count / took[f'floor{n}']:,.0f}" for n in floor_processes)
         print(f"   round {r + 1}: {count / took['ours']:8,.0f} files/s vs tar -x + sync "
-              f"{count / took['tar']:8,.0f} files/s = {ratios[-1]:.2f}, cp -r + sync "
-              f"{count / took['cp']:8,.0f} files/s = {copy_ratios[-1]:.2f}; floor "
-              f"{count / took['floor']:8,.0f} files/s = {floor_ratios[-1]:.2f} of tar  "
+              f"{count / took['tar']:8,.0f} files/s = {took['tar'] / took['ours']:.2f}, "
+              f"cp -r + sync {count / took['cp']:8,.0f} files/s = "
+              f"{took['cp'] / took['ours']:.2f}; floor (processes: files/s) {floors}  "
               f"(load {load()})", flush=True)
-    print(f"3. {count} small files (1-4 KiB, 100 dirs): {spread(ours)} files/s   tar -x + sync "
-          f"{spread(base)} files/s   ratio {spread(ratios, '{:.2f}')} (target >= 2); "
-          f"cp -r + sync {spread(copies)} files/s   ratio {spread(copy_ratios, '{:.2f}')}")
-    print(f"   object floor ({os.cpu_count()} processes create the objects from memory, then "
-          f"syncfs): {spread(floors)} files/s, {spread(floor_ratios, '{:.2f}')} x tar -x + sync "
-          f"(no publish can pass this); ours / floor "
-          f"{spread([o / f for o, f in zip(ours, floors)], '{:.2f}')}")
-    swing = filesystem_swing(base)
+
+    def rates(name: str) -> str:
+        return spread([count / t[name] for t in took_all])
+
+    def ratio(num: str, den: str) -> str:
+        return spread([t[num] / t[den] for t in took_all], "{:.2f}")
+
+    print(f"3. {count} small files (1-4 KiB, 100 dirs): {rates('ours')} files/s   tar -x + sync "
+          f"{rates('tar')} files/s   ratio {ratio('tar', 'ours')} (target >= 2); "
+          f"cp -r + sync {rates('cp')} files/s   ratio {ratio('cp', 'ours')}")
+    for n in floor_processes:
+        print(f"   object floor, {n} process{'es' if n > 1 else ''} (the objects created from "
+              f"memory, then syncfs): {rates(f'floor{n}')} files/s = "
+              f"{ratio('tar', f'floor{n}')} x tar -x + sync")
+    print(f"   fastest floor of each round = {ratio('tar', 'floor')} x tar -x + sync (no publish "
+          f"can pass it); ours / fastest floor {ratio('floor', 'ours')}")
+    swing = filesystem_swing([count / t["tar"] for t in took_all])
     if swing:
         print(swing)
     repo.close()
@@ -300,6 +307,17 @@ def bench_namespaces(root: Path, artifacts: int, files_per: int, samples: int,
     repo.close()
 
 
+def _counts(text: str) -> list[int]:
+    """``--floor-processes``: a comma-separated list of positive counts."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be at least 1: {text!r}")
+    return counts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
@@ -313,6 +331,10 @@ def main() -> None:
                     help="where to work: the filesystem under test (default: beside the "
                          "data directory)")
     ap.add_argument("--only", choices=["big", "small", "latency"], default=None)
+    ap.add_argument("--floor-processes", type=_counts, default=[os.cpu_count() or 1],
+                    metavar="N[,N...]",
+                    help="process counts of the small-file object floor (default: one per "
+                         "core); 1,2,4 shows whether creating files scales with processes here")
     ap.add_argument("--keep", action="store_true",
                     help="leave the scratch directory instead of deleting it: on ext4 without "
                          "a journal, deleting its files slows the small-file rounds of a run "
@@ -335,7 +357,7 @@ def main() -> None:
             bench_namespaces(root, args.artifacts, args.files_per_artifact, args.samples)
             return
         if args.only in (None, "small"):
-            bench_small(root, args.small_files, repeat)
+            bench_small(root, args.small_files, repeat, args.floor_processes)
         if args.only in (None, "latency"):
             bench_latency(root, args.artifacts, args.files_per_artifact, args.samples)
         if args.only in (None, "big"):

@@ -44,9 +44,11 @@ RUNS: dict[str, tuple[list[str], str]] = {
                       r"entries=2000 baseline=\d+ MiB staged=\d+ MiB"),
     "publish": (["--size-mib", "8", "--small-files", "500", "--artifacts", "20",
                  "--files-per-artifact", "10", "--samples", "10", "--repeat", "1",
-                 "--dir", "{work}"],
+                 "--floor-processes", "1,2", "--dir", "{work}"],
                 r"tar -x \+ sync [\d,]+ \[.*cp -r \+ sync [\d,]+ \[[\s\S]*"
-                r"object floor .*: [\d,]+ \[.*\] files/s, [\d.]+ \[.*x tar -x \+ sync[\s\S]*"
+                r"object floor, 1 process .*: [\d,]+ \[.*\] files/s = [\d.]+ \[.*x tar -x "
+                r"\+ sync\n.*object floor, 2 processes[\s\S]*fastest floor of each round = "
+                r"[\d.]+ \[[\s\S]*"
                 r"baseline, top-level 1-file publish in the same run: p50\s+[\d.]+ ms"),
     "retention": (["--artifacts", "20", "--samples", "5", "--workdir", "{work}"],
                   r"baseline\s+p50\s+[\d.]+ ms"),
