@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -40,6 +41,16 @@ def default_dir() -> Path:
     base = data.resolve().parent
     base.mkdir(parents=True, exist_ok=True)
     return base
+
+
+def make_small_files(src: Path, count: int, seed: int, dirs: int = 100) -> None:
+    """``count`` files of 1-4 KiB of random bytes in ``dirs`` directories, distinct per seed."""
+    rnd = random.Random(seed)
+    for d in range(dirs):
+        (src / f"d{d:03d}").mkdir(parents=True)
+    for i in range(count):
+        (src / f"d{i % dirs:03d}" / f"f{i:05d}.bin").write_bytes(
+            rnd.randbytes(rnd.randint(1024, 4096)))
 
 
 def direct_write(src: Path, dst: Path) -> float | None:

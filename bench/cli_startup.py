@@ -13,17 +13,26 @@ each beside the baselines and its target: 0.3 s for ``upload --help`` and ``info
 the 1-file ``publish`` (issue "small files": a 1-file publish from the CLI in < 0.4 s). Runs are interleaved (baseline, then every
 command, per round) so that a noisy neighbour slows all of them alike.
 
+Then the same for a tree of ``--tree-files`` small files (default 10,000 of 1-4 KiB in 100
+directories; 0 leaves it out): ``publish`` of it in one call, as a CI job publishing a build
+pays it (start-up, the helper processes' start, the publish), beside ``cp -r`` + ``sync -f``
+of the same kind of tree. Each of the two runs gets a tree of new content every round, made
+untimed beforehand; nothing is deleted before the end (on ext4 without a journal, deleting
+files slows the next creations: README, "Benchmarks").
+
 ``--against DIR`` also times the same commands run from another checkout (an older commit,
 e.g. extracted with ``git archive``), interleaved in the same rounds, so a before/after
 comparison shares the machine's load.
 
-Usage: ``python bench/cli_startup.py [--repeats 11] [--workdir DIR] [--against DIR]``. Add
+Usage: ``python bench/cli_startup.py [--repeats 11] [--workdir DIR] [--against DIR]
+[--tree-files 10000]``. Add
 ``-X importtime`` to a single command by hand to see where its time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
 import statistics
@@ -34,12 +43,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.baselines import make_small_files  # noqa: E402
+
 FQRN = "bench.example.org"
-#: Wall-time targets per command; commands not named here have ``TARGET_S``.
-TARGET_S = 0.3
-TARGETS_S = {"publish (1 file)": 0.4}
+#: Wall-time targets per command; the tree runs have none.
+TARGETS_S = {"upload --help": 0.3, "info": 0.3, "publish (1 file)": 0.4}
 PASS = "python -c pass (baseline)"
 COPY = "cp + sync (baseline)"
+TREE = "{tree}"  #: in an argument list: a tree of new content, made before each run
 
 
 def _cpu_children() -> float:
@@ -57,12 +70,29 @@ def _timed(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[floa
 
 
 def _commands(cli: list[str], checkout: Path, env: dict[str, str],
-              source: Path) -> dict[str, list[str]]:
+              source: Path, tree_files: int) -> dict[str, list[str]]:
     help_text = subprocess.run([*cli, "publish", "--help"], env=env, cwd=checkout,
                                capture_output=True, text=True).stdout
     name_flag = "--name" if "--name" in help_text else "--as"  # --as before the rename
-    return {"upload --help": [*cli, "upload", "--help"], "info": [*cli, "info", FQRN],
-            "publish (1 file)": [*cli, "publish", FQRN, str(source), name_flag, "one"]}
+    commands = {"upload --help": [*cli, "upload", "--help"], "info": [*cli, "info", FQRN],
+                "publish (1 file)": [*cli, "publish", FQRN, str(source), name_flag, "one"]}
+    if tree_files:
+        commands[f"publish ({tree_files:,} files)"] = [*cli, "publish", FQRN, TREE, name_flag,
+                                                      "tree"]
+    return commands
+
+
+_tree_numbers = itertools.count(1)
+
+
+def _fresh_tree(work: Path, count: int) -> str:
+    """A new directory of ``count`` small files of content no earlier tree had, synced so that
+    its writeback is not charged to the run that reads it."""
+    number = next(_tree_numbers)
+    tree = work / f"tree-{number}"
+    make_small_files(tree, count, seed=number)
+    os.sync()
+    return str(tree)
 
 
 def _revision(cli: list[str], env: dict[str, str]) -> str:
@@ -85,6 +115,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=None,
                         help="scratch directory on the filesystem to measure (default: $TMPDIR)")
     parser.add_argument("--against", default=None, help="another checkout to time alongside")
+    parser.add_argument("--tree-files", type=int, default=10_000,
+                        help="files in the tree of the tree publish (0: leave it out)")
     args = parser.parse_args()
     if args.repeats < 5:
         parser.error("--repeats must be at least 5 (medians of fewer runs are noise)")
@@ -103,12 +135,16 @@ def main() -> None:
                 str(work / "copy.txt")]
         runs: list[tuple[str, list[str], Path, dict[str, str]]] = [
             (PASS, [sys.executable, "-c", "pass"], ROOT, env), (COPY, copy, ROOT, env)]
+        if args.tree_files:
+            copy_tree = ["sh", "-c", 'cp -r "$1" "$1.copy" && sync -f "$1.copy"', "sh", TREE]
+            runs.append((f"cp -r + sync ({args.tree_files:,} files, baseline)", copy_tree,
+                         ROOT, env))
         trees = [("", ROOT)] + ([(" [against]", Path(args.against).resolve())]
                                 if args.against else [])
         for suffix, root in trees:
             _compile(root)
             tree_env = {**env, "PYTHONPATH": str(root)}
-            for label, argv in _commands(cli, root, tree_env, tree).items():
+            for label, argv in _commands(cli, root, tree_env, tree, args.tree_files).items():
                 runs.append((label + suffix, argv, root, tree_env))
         times: dict[str, list[float]] = {label: [] for label, *_ in runs}
         cpu: dict[str, list[float]] = {label: [] for label, *_ in runs}
@@ -119,6 +155,9 @@ def main() -> None:
                     # New content every time: each publish is a real commit (a new revision,
                     # its fsyncs), not the no-op of republishing what is already there.
                     (tree / "hello.txt").write_text(f"hello {round_} {label}\n")
+                if TREE in argv:
+                    fresh = _fresh_tree(work, args.tree_files)
+                    argv = [fresh if arg == TREE else arg for arg in argv]
                 wall, used = _timed(argv, run_env, cwd)
                 times[label].append(wall)
                 cpu[label].append(used)
@@ -130,19 +169,24 @@ def main() -> None:
           f"on {Path(args.workdir or tempfile.gettempdir()).resolve()}")
     for label, samples in times.items():
         med = statistics.median(samples)
-        target = TARGETS_S.get(label.removesuffix(" [against]"), TARGET_S)
-        verdict = ("" if label in (PASS, COPY) else
+        target = TARGETS_S.get(label.removesuffix(" [against]"))
+        verdict = ("" if target is None else
                    f"  {'under' if med < target else 'OVER'} the {target * 1000:.0f} ms target")
-        print(f"  {label:28} {med * 1000:7.0f} ms [{min(samples) * 1000:.0f}-"
+        print(f"  {label:34} {med * 1000:7.0f} ms [{min(samples) * 1000:.0f}-"
               f"{max(samples) * 1000:.0f}]  {med / base:5.1f}x python, "
               f"{med / copy_base:4.1f}x cp+sync{verdict}"
               f"  (CPU {statistics.median(cpu[label]) * 1000:.0f} ms)")
+    if args.tree_files:
+        tree_copy = statistics.median(times[f"cp -r + sync ({args.tree_files:,} files, baseline)"])
+        for label in [k for k in times if k.startswith(f"publish ({args.tree_files:,} files)")]:
+            print(f"  {label:34} {statistics.median(times[label]) / tree_copy:.2f}x cp -r + sync "
+                  "of the same kind of tree")
     if args.against:
         for label in [k for k in times if k.endswith(" [against]")]:
             mine = label.removesuffix(" [against]")
             wall = statistics.median(times[mine]) / statistics.median(times[label])
             used = statistics.median(cpu[mine]) / statistics.median(cpu[label])
-            print(f"  {mine:28} {wall:.2f}x the other checkout's wall time, {used:.2f}x its CPU")
+            print(f"  {mine:34} {wall:.2f}x the other checkout's wall time, {used:.2f}x its CPU")
 
 
 if __name__ == "__main__":

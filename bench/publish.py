@@ -18,8 +18,9 @@ Prints, for each of ``--repeat`` rounds (default 5) and then as median [min–ma
    listing of the same repository.
 
 Usage: ``python bench/publish.py [--dir DIR] [--repeat 5] [--size-mib 1024] [--small-files N]
-[--only big|small|latency] [--floor-processes 1,2,4]``. ``--dir`` (alias ``--workdir``) must be on the disk under test;
-default: beside the data directory (``CVMFS_EPHEMERAL_DATA_DIR``, default ``var/data``).
+[--only big|small|latency] [--floor-processes 1,2,4]``. ``--dir`` (alias ``--workdir``) must
+be on the disk under test; default: beside the data directory (``CVMFS_EPHEMERAL_DATA_DIR``,
+default ``var/data``).
 Nothing is deleted between the timed phases of a round (see :func:`settle`).
 """
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -39,8 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.baselines import (copy_tree_sync, default_dir, direct_write,  # noqa: E402
-                             filesystem_swing, journal_note, load, object_floor, spread,
-                             tar_extract_sync, zlib_single)
+                             filesystem_swing, journal_note, load, make_small_files,
+                             object_floor, spread, tar_extract_sync, zlib_single)
 from runtime.repository import Repository  # noqa: E402
 from runtime.settings import RepositoryConfig  # noqa: E402
 
@@ -130,16 +130,6 @@ def bench_big(root: Path, size: int, repeat: int) -> None:
     print(f"2. {mib:.0f} MiB, compression zlib: {spread(zlib_v, '{:.1f}')} MiB/s   ratio to "
           f"1-core stock zlib {spread(zlib_r, '{:.2f}')} (target >= 2.5)")
     src.unlink()
-
-
-def make_small_files(src: Path, count: int, seed: int, dirs: int = 100) -> None:
-    """``count`` files of 1-4 KiB of random bytes in ``dirs`` directories, distinct per seed."""
-    rnd = random.Random(seed)
-    for d in range(dirs):
-        (src / f"d{d:03d}").mkdir(parents=True)
-    for i in range(count):
-        (src / f"d{i % dirs:03d}" / f"f{i:05d}.bin").write_bytes(
-            rnd.randbytes(rnd.randint(1024, 4096)))
 
 
 def settle() -> None:

@@ -29,8 +29,9 @@ RUNS: dict[str, tuple[list[str], str]] = {
               r"10,000-file tar: alone [\d.]+ s; with 16 stalled uploads"),
     "auth": (["--n", "50", "--repeat", "1", "--tokens", "10"],
              r"static token among 10: [\d.]+ us/check; baseline"),
-    "cli_startup": (["--repeats", "5", "--workdir", "{work}"],
-                    r"python -c pass \(baseline\)[\s\S]*publish \(1 file\)\s+\d+ ms"),
+    "cli_startup": (["--repeats", "5", "--tree-files", "200", "--workdir", "{work}"],
+                    r"python -c pass \(baseline\)[\s\S]*publish \(1 file\)\s+\d+ ms[\s\S]*"
+                    r"publish \(200 files\)\s+[\d.]+x cp -r \+ sync"),
     "deflate": (["--size-mib", "8", "--table-mib", "8", "--repeat", "1", "--workdir", "{work}"],
                 r"ratio to a 1-core stock zlib pass median [\d.]+"),
     "digest": (["--size-mib", "8", "--repeat", "1", "--dir", "{work}"],
