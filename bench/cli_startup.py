@@ -58,6 +58,16 @@ COPY = "cp + sync (baseline)"
 TREE = "{tree}"  #: in an argument list: a tree of new content, made before each run
 
 
+def _tree_publish(files: int) -> str:
+    """The label of the tree publish (``[against]`` may follow it)."""
+    return f"publish ({files:,} files)"
+
+
+def _tree_copy(files: int) -> str:
+    """The label of the tree publish's baseline."""
+    return f"cp -r + sync ({files:,} files, baseline)"
+
+
 def _cpu_children() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -80,8 +90,8 @@ def _commands(cli: list[str], checkout: Path, env: dict[str, str],
     commands = {"upload --help": [*cli, "upload", "--help"], "info": [*cli, "info", FQRN],
                 "publish (1 file)": [*cli, "publish", FQRN, str(source), name_flag, "one"]}
     if tree_files:
-        commands[f"publish ({tree_files:,} files)"] = [*cli, "publish", TREE_FQRN, TREE,
-                                                      name_flag, "tree"]
+        commands[_tree_publish(tree_files)] = [*cli, "publish", TREE_FQRN, TREE, name_flag,
+                                               "tree"]
     return commands
 
 
@@ -141,8 +151,7 @@ def main() -> None:
             (PASS, [sys.executable, "-c", "pass"], ROOT, env), (COPY, copy, ROOT, env)]
         if args.tree_files:
             copy_tree = ["sh", "-c", 'cp -r "$1" "$1.copy" && sync -f "$1.copy"', "sh", TREE]
-            runs.append((f"cp -r + sync ({args.tree_files:,} files, baseline)", copy_tree,
-                         ROOT, env))
+            runs.append((_tree_copy(args.tree_files), copy_tree, ROOT, env))
         trees = [("", ROOT)] + ([(" [against]", Path(args.against).resolve())]
                                 if args.against else [])
         for suffix, root in trees:
@@ -181,8 +190,8 @@ def main() -> None:
               f"{med / copy_base:4.1f}x cp+sync{verdict}"
               f"  (CPU {statistics.median(cpu[label]) * 1000:.0f} ms)")
     if args.tree_files:
-        tree_copy = statistics.median(times[f"cp -r + sync ({args.tree_files:,} files, baseline)"])
-        for label in [k for k in times if k.startswith(f"publish ({args.tree_files:,} files)")]:
+        tree_copy = statistics.median(times[_tree_copy(args.tree_files)])
+        for label in [k for k in times if k.startswith(_tree_publish(args.tree_files))]:
             print(f"  {label:34} {statistics.median(times[label]) / tree_copy:.2f}x cp -r + sync "
                   "of the same kind of tree")
     if args.against:
